@@ -1,0 +1,89 @@
+"""jaxalloc: queueing-aware allocation of LLM reasoning-token budgets, in JAX.
+
+Implements Ozbas & Bastopcu, "Queueing-Aware Optimization of Reasoning Tokens
+for Accuracy-Latency Trade-offs in LLM Servers", and goes beyond it.
+"""
+
+from .lambertw import lambertw, lambertw_log
+from .model import (
+    Problem,
+    ProblemError,
+    bundled_profiles,
+    load_profile,
+    make_problem,
+    paper_profile,
+    problem_from_dict,
+    problem_to_toml,
+    validate,
+)
+from .objective import (
+    delay_prices,
+    gradient,
+    hessian,
+    integer_bound_holds,
+    integer_lower_bound,
+    kkt_residual,
+    mean_accuracy,
+    mean_system_time,
+    mean_wait,
+    moments,
+    objective,
+    service_times,
+    task_accuracy,
+    utilization,
+)
+from .solution import Solution, Status
+from .solve import SolveError, get_solver, solve, solve_point
+from .solvers import AggregateNewton, FixedPoint, ProjectedGradient, ScaledGradient
+from .solvers.integer import (
+    MAX_ENUMERATE_TASKS,
+    coordinate_search,
+    enumerate_floor_ceil,
+    integer_budgets,
+    round_budgets,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AggregateNewton",
+    "FixedPoint",
+    "MAX_ENUMERATE_TASKS",
+    "Problem",
+    "ProblemError",
+    "ProjectedGradient",
+    "ScaledGradient",
+    "Solution",
+    "SolveError",
+    "Status",
+    "bundled_profiles",
+    "coordinate_search",
+    "delay_prices",
+    "enumerate_floor_ceil",
+    "get_solver",
+    "gradient",
+    "hessian",
+    "integer_bound_holds",
+    "integer_budgets",
+    "integer_lower_bound",
+    "kkt_residual",
+    "lambertw",
+    "lambertw_log",
+    "load_profile",
+    "make_problem",
+    "mean_accuracy",
+    "mean_system_time",
+    "mean_wait",
+    "moments",
+    "objective",
+    "paper_profile",
+    "problem_from_dict",
+    "problem_to_toml",
+    "round_budgets",
+    "service_times",
+    "solve",
+    "solve_point",
+    "task_accuracy",
+    "utilization",
+    "validate",
+]

@@ -1,0 +1,319 @@
+"""Problem parameters as a pytree, their validation, and the TOML profile format.
+
+A :class:`Problem` holds the operating point (arrival rate λ, accuracy weight α,
+token cap ℓ_max) and, per task type k, the mix share π_k, the accuracy curve
+p_k(ℓ) = A_k (1 − e^{−b_k ℓ}) + D_k (eq. 2) and the service time
+t_k(ℓ) = t0_k + c_k ℓ (eq. 1). Every numeric field is a JAX array leaf, so
+``jax.vmap`` sweeps operating points and ``jax.grad`` reaches every parameter;
+task names are static metadata.
+
+Values are checked where they are concrete (:func:`validate`, called by
+:func:`make_problem` and :func:`load_profile`); inside ``jit`` nothing raises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+TASK_FIELDS = ("A", "b", "D", "t0", "c")
+TOP_FIELDS = ("name", "arrival_rate", "alpha", "max_tokens", "tasks")
+PROB_TOLERANCE = 1e-6
+
+
+class ProblemError(ValueError):
+    """A problem or profile value is invalid; the message names field and value."""
+
+
+class Problem(eqx.Module):
+    """One operating point of the token-allocation problem (9).
+
+    **Fields:**
+
+    - `arrival_rate`: λ > 0, queries per second (Poisson).
+    - `alpha`: α > 0, weight of mean accuracy against mean system time (eq. 7).
+    - `max_tokens`: ℓ_max, the architectural cap on every budget.
+    - `prob`: π_k, shape (N,), task mix, sums to 1.
+    - `A`, `b`, `D`: accuracy curve of eq. 2, shape (N,).
+    - `t0`, `c`: service time of eq. 1 (seconds, seconds per token), shape (N,).
+    - `names`: task names (static).
+    """
+
+    arrival_rate: Float[Array, ""]
+    alpha: Float[Array, ""]
+    max_tokens: Float[Array, ""]
+    prob: Float[Array, " N"]
+    A: Float[Array, " N"]
+    b: Float[Array, " N"]
+    D: Float[Array, " N"]
+    t0: Float[Array, " N"]
+    c: Float[Array, " N"]
+    names: tuple[str, ...] = eqx.field(static=True, default=())
+
+    @property
+    def num_tasks(self) -> int:
+        return self.A.shape[-1]
+
+    def replace(self, **changes: Any) -> "Problem":
+        """A copy with some fields replaced (scalars are converted to arrays)."""
+        dtype = self.A.dtype
+        conv = {
+            k: (v if k == "names" else jnp.asarray(v, dtype=dtype))
+            for k, v in changes.items()
+        }
+        return dataclasses.replace(self, **conv)
+
+    def astype(self, dtype) -> "Problem":
+        """The same problem with every numeric leaf cast to `dtype`."""
+        fields = {
+            f.name: jnp.asarray(getattr(self, f.name), dtype=dtype)
+            for f in dataclasses.fields(self)
+            if f.name != "names"
+        }
+        return Problem(**fields, names=self.names)
+
+
+def make_problem(
+    *,
+    arrival_rate: float,
+    alpha: float,
+    max_tokens: float,
+    A: Sequence[float],
+    b: Sequence[float],
+    D: Sequence[float],
+    t0: Sequence[float],
+    c: Sequence[float],
+    prob: Sequence[float] | None = None,
+    names: Sequence[str] | None = None,
+    dtype=None,
+    check: bool = True,
+) -> Problem:
+    """Build a :class:`Problem` from plain numbers, validating them.
+
+    **Arguments:**
+
+    - `arrival_rate`, `alpha`, `max_tokens`: λ, α, ℓ_max.
+    - `A`, `b`, `D`, `t0`, `c`: per-task parameters (equal lengths).
+    - `prob`: task shares π; `None` means uniform.
+    - `names`: task names; default `task0, task1, ...`.
+    - `dtype`: floating dtype of the leaves (default: JAX's default float).
+    - `check`: run :func:`validate` (raises :class:`ProblemError`).
+
+    **Returns:** a :class:`Problem`.
+    """
+    n = len(A)
+    for field, seq in (("b", b), ("D", D), ("t0", t0), ("c", c)):
+        if len(seq) != n:
+            raise ProblemError(f"tasks: field {field} has {len(seq)} values, A has {n}")
+    if prob is None:
+        prob = [1.0 / n] * n if n else []
+    elif len(prob) != n:
+        raise ProblemError(f"prob: {len(prob)} values for {n} tasks")
+    if names is None:
+        names = [f"task{k}" for k in range(n)]
+    elif len(names) != n:
+        raise ProblemError(f"names: {len(names)} names for {n} tasks")
+    if dtype is None:
+        dtype = jnp.asarray(0.0).dtype
+    arr = lambda v: jnp.asarray(np.asarray(v, dtype=np.float64), dtype=dtype)
+    problem = Problem(
+        arrival_rate=arr(arrival_rate),
+        alpha=arr(alpha),
+        max_tokens=arr(max_tokens),
+        prob=arr(prob),
+        A=arr(A),
+        b=arr(b),
+        D=arr(D),
+        t0=arr(t0),
+        c=arr(c),
+        names=tuple(str(s) for s in names),
+    )
+    if check:
+        validate(problem)
+    return problem
+
+
+def _task_label(names: Sequence[str], k: int) -> str:
+    return f"tasks[{k}] ({names[k]})" if k < len(names) else f"tasks[{k}]"
+
+
+def validate(problem: Problem) -> Problem:
+    """Check a concrete problem; raise :class:`ProblemError` naming field and value.
+
+    Checks: λ, α, ℓ_max finite and > 0; at least one task; π_k > 0 summing to 1
+    (within 1e-6); 0 < A_k ≤ 1; 0 ≤ D_k ≤ 1; A_k + D_k ≤ 1; b_k > 0; t0_k ≥ 0;
+    c_k > 0; every value finite; and the queue stable at ℓ = 0
+    (λ Σ π_k t0_k < 1, eq. 4), without which no budget is feasible.
+
+    **Returns:** the problem, unchanged.
+    """
+    scalars = {
+        "arrival_rate": problem.arrival_rate,
+        "alpha": problem.alpha,
+        "max_tokens": problem.max_tokens,
+    }
+    for field, value in scalars.items():
+        v = np.asarray(value, dtype=np.float64)
+        if v.shape != ():
+            raise ProblemError(f"{field}: expected a number, got shape {v.shape}")
+        v = float(v)
+        if not math.isfinite(v):
+            raise ProblemError(f"{field} = {v}: must be a finite number")
+        if v <= 0:
+            raise ProblemError(f"{field} = {v:g}: must be > 0")
+    names = problem.names
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ProblemError(f"tasks: duplicate task name {dup!r}")
+    n = problem.A.shape[-1] if problem.A.ndim else 0
+    if n == 0:
+        raise ProblemError("tasks: at least one task is required")
+    vecs = {f: np.asarray(getattr(problem, f), dtype=np.float64) for f in ("prob",) + TASK_FIELDS}
+    for field, v in vecs.items():
+        if v.shape != (n,):
+            raise ProblemError(f"{field}: expected {n} values, got shape {v.shape}")
+        for k in range(n):
+            if not math.isfinite(v[k]):
+                raise ProblemError(f"{_task_label(names, k)}.{field} = {v[k]}: must be a finite number")
+    rules = {
+        "prob": (lambda x: x > 0, "must be > 0 (drop the task instead)"),
+        "A": (lambda x: 0 < x <= 1, "must be in (0, 1]"),
+        "D": (lambda x: 0 <= x <= 1, "must be in [0, 1]"),
+        "b": (lambda x: x > 0, "must be > 0"),
+        "t0": (lambda x: x >= 0, "must be >= 0"),
+        "c": (lambda x: x > 0, "must be > 0"),
+    }
+    for field, (ok, why) in rules.items():
+        for k in range(n):
+            if not ok(vecs[field][k]):
+                label = "prob" if field == "prob" else field
+                raise ProblemError(f"{_task_label(names, k)}.{label} = {vecs[field][k]:g}: {why}")
+    for k in range(n):
+        s = vecs["A"][k] + vecs["D"][k]
+        if s > 1 + 1e-12:
+            raise ProblemError(
+                f"{_task_label(names, k)}: A + D = {s:g} > 1 (maximum accuracy above 1)"
+            )
+    total = float(vecs["prob"].sum())
+    if abs(total - 1) > PROB_TOLERANCE:
+        raise ProblemError(f"prob: task shares sum to {total:.9g}, must sum to 1 (within 1e-6)")
+    lam = float(problem.arrival_rate)
+    rho0 = lam * float((vecs["prob"] * vecs["t0"]).sum())
+    if rho0 >= 1:
+        raise ProblemError(
+            f"arrival_rate = {lam:g}: queue unstable even at zero budgets "
+            f"(utilization λ·E[S](0) = {rho0:.4g} >= 1)"
+        )
+    return problem
+
+
+# ---------------------------------------------------------------- TOML profiles
+
+
+def _number(where: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProblemError(f"{where} = {value!r}: must be a number")
+    return float(value)
+
+
+def problem_from_dict(data: Mapping[str, Any], *, dtype=None) -> Problem:
+    """Build and validate a problem from a parsed profile (the TOML layout).
+
+    Top level: `name`, `arrival_rate`, `alpha`, `max_tokens`, and a `tasks`
+    list of tables with `name`, `prob` (optional), `A`, `b`, `D`, `t0`, `c`.
+    """
+    unknown = sorted(set(data) - set(TOP_FIELDS))
+    if unknown:
+        raise ProblemError(f"{unknown[0]}: unknown field (allowed: {', '.join(TOP_FIELDS)})")
+    for field in ("arrival_rate", "alpha", "max_tokens"):
+        if field not in data:
+            raise ProblemError(f"{field}: missing")
+    tasks = data.get("tasks")
+    if not isinstance(tasks, list) or not tasks:
+        raise ProblemError("tasks: at least one [[tasks]] table is required")
+    allowed = ("name", "prob") + TASK_FIELDS
+    columns: dict[str, list[float]] = {f: [] for f in TASK_FIELDS}
+    names, probs = [], []
+    for k, task in enumerate(tasks):
+        if not isinstance(task, Mapping):
+            raise ProblemError(f"tasks[{k}]: must be a table")
+        label = f"tasks[{k}]" + (f" ({task['name']})" if "name" in task else "")
+        extra = sorted(set(task) - set(allowed))
+        if extra:
+            raise ProblemError(f"{label}.{extra[0]}: unknown field (allowed: {', '.join(allowed)})")
+        for f in TASK_FIELDS:
+            if f not in task:
+                raise ProblemError(f"{label}.{f}: missing")
+            columns[f].append(_number(f"{label}.{f}", task[f]))
+        names.append(str(task.get("name", f"task{k}")))
+        probs.append(_number(f"{label}.prob", task["prob"]) if "prob" in task else None)
+    given = [p is not None for p in probs]
+    if any(given) and not all(given):
+        k = given.index(False)
+        raise ProblemError(f"tasks[{k}] ({names[k]}).prob: missing (give prob for all tasks or none)")
+    return make_problem(
+        arrival_rate=_number("arrival_rate", data["arrival_rate"]),
+        alpha=_number("alpha", data["alpha"]),
+        max_tokens=_number("max_tokens", data["max_tokens"]),
+        prob=probs if all(given) else None,
+        names=names,
+        dtype=dtype,
+        **columns,
+    )
+
+
+def load_profile(path: str | Path, *, dtype=None) -> Problem:
+    """Read a TOML profile from `path` (see :func:`problem_from_dict`)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProblemError(f"profile: file not found: {path}") from None
+    except OSError as err:
+        raise ProblemError(f"profile: cannot read {path}: {err.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ProblemError(f"profile: malformed TOML in {path}: {err}") from None
+    return problem_from_dict(data, dtype=dtype)
+
+
+def bundled_profiles() -> list[str]:
+    """Names of the profiles shipped inside the package."""
+    root = resources.files("jaxalloc") / "profiles"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def paper_profile(*, dtype=None) -> Problem:
+    """The paper's Table I profile (λ = 0.1, α = 30, ℓ_max = 32768, π uniform)."""
+    text = (resources.files("jaxalloc") / "profiles" / "paper.toml").read_text(encoding="utf-8")
+    return problem_from_dict(tomllib.loads(text), dtype=dtype)
+
+
+def problem_to_toml(problem: Problem, name: str = "profile") -> str:
+    """The TOML text of a profile that :func:`load_profile` reads back exactly."""
+    lines = [
+        f'name = "{name}"',
+        f"arrival_rate = {float(problem.arrival_rate)!r}",
+        f"alpha = {float(problem.alpha)!r}",
+        f"max_tokens = {float(problem.max_tokens)!r}",
+    ]
+    names = problem.names or tuple(f"task{k}" for k in range(problem.num_tasks))
+    for k in range(problem.num_tasks):
+        lines += ["", "[[tasks]]", f'name = "{names[k]}"', f"prob = {float(problem.prob[k])!r}"]
+        lines += [f"{f} = {float(getattr(problem, f)[k])!r}" for f in TASK_FIELDS]
+    return "\n".join(lines) + "\n"

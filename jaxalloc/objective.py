@@ -1,0 +1,128 @@
+"""The objective J(ℓ) of eq. 7, written once, and the queue quantities it is made of.
+
+Everything else in the package (solvers, bounds, verification, simulation
+checks) calls these functions; gradients and Hessians come from autodiff.
+
+The queue depends on the budgets only through the two service-time moments
+m1 = E[S] and m2 = E[S²] (eq. 3), so the delay is written as a function of
+(λ, m1, m2): :func:`mean_wait` (Pollaczek–Khinchine, eq. 5) and
+:func:`mean_system_time` (eq. 6). Outside the stability region λ m1 ≥ 1
+(eq. 4) the delay is +inf and J is −inf, with finite (zero) gradients: no NaN.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .model import Problem
+
+
+def service_times(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, " N"]:
+    """t_k(ℓ_k) = t0_k + c_k ℓ_k, seconds (eq. 1)."""
+    return problem.t0 + problem.c * budgets
+
+
+def task_accuracy(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, " N"]:
+    """p_k(ℓ_k) = A_k (1 − e^{−b_k ℓ_k}) + D_k (eq. 2)."""
+    return -problem.A * jnp.expm1(-problem.b * budgets) + problem.D
+
+
+def mean_accuracy(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, ""]:
+    """Σ_k π_k p_k(ℓ_k), the accuracy term of eq. 7 (without α)."""
+    return jnp.sum(problem.prob * task_accuracy(problem, budgets), axis=-1)
+
+
+def moments(problem: Problem, budgets: Float[Array, " N"]) -> tuple[Array, Array]:
+    """(E[S], E[S²]) of the service time (eq. 3)."""
+    t = service_times(problem, budgets)
+    return jnp.sum(problem.prob * t, axis=-1), jnp.sum(problem.prob * t * t, axis=-1)
+
+
+def utilization(arrival_rate, m1) -> Array:
+    """ρ = λ E[S]; the queue is stable iff ρ < 1 (eq. 4)."""
+    return arrival_rate * m1
+
+
+def mean_wait(arrival_rate, m1, m2) -> Array:
+    """E[W] = λ E[S²] / (2 (1 − λ E[S])) (eq. 5); +inf when unstable."""
+    slack = 1.0 - arrival_rate * m1
+    stable = slack > 0
+    safe = jnp.where(stable, slack, 1.0)  # keeps gradients finite off the region
+    return jnp.where(stable, arrival_rate * m2 / (2.0 * safe), jnp.inf)
+
+
+def mean_system_time(arrival_rate, m1, m2) -> Array:
+    """E[T_sys] = E[W] + E[S] (eq. 6); +inf when unstable."""
+    return mean_wait(arrival_rate, m1, m2) + m1
+
+
+def objective(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, ""]:
+    """J(ℓ) = α Σ π_k p_k(ℓ_k) − λE[S²]/(2(1 − λE[S])) − E[S] (eq. 7).
+
+    **Arguments:**
+
+    - `problem`: the operating point and task parameters.
+    - `budgets`: ℓ, shape (N,), continuous or integer-valued.
+
+    **Returns:** J(ℓ); −inf outside the stability region.
+    """
+    m1, m2 = moments(problem, budgets)
+    return problem.alpha * mean_accuracy(problem, budgets) - mean_system_time(
+        problem.arrival_rate, m1, m2
+    )
+
+
+gradient = jax.grad(objective, argnums=1)
+"""∇_ℓ J(ℓ) by autodiff (its closed form is eq. 17 without multipliers)."""
+
+hessian = jax.hessian(objective, argnums=1)
+"""∇²_ℓ J(ℓ) by autodiff (its closed form is eqs. 33–34)."""
+
+
+def delay_prices(arrival_rate, m1, m2) -> tuple[Array, Array]:
+    """(∂E[T]/∂m1, ∂E[T]/∂m2) by autodiff of :func:`mean_system_time`.
+
+    These are the marginal delay costs of the two moments; the KKT condition
+    (eq. 17) of task k reads α A_k b_k e^{−b_k ℓ_k} = c_k (T1 + 2 T2 t_k(ℓ_k)).
+    """
+    return jax.grad(mean_system_time, argnums=(1, 2))(arrival_rate, m1, m2)
+
+
+def kkt_residual(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, ""]:
+    """Natural KKT residual ‖ℓ − P_[0,ℓmax](ℓ + ∇J(ℓ))‖∞ (objective units per token).
+
+    Zero exactly at the optimum of (9): interior coordinates have ∂J/∂ℓ_k = 0,
+    coordinates at 0 have ∂J/∂ℓ_k ≤ 0 and those at ℓ_max have ∂J/∂ℓ_k ≥ 0.
+    """
+    g = gradient(problem, budgets)
+    step = jnp.clip(budgets + g, 0.0, problem.max_tokens) - budgets
+    return jnp.max(jnp.abs(step), axis=-1)
+
+
+def integer_lower_bound(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, ""]:
+    """J̄(ℓ*) of eq. 41: a lower bound on J at any integer ℓ with |ℓ_k − ℓ*_k| ≤ 1.
+
+    J̄ = α Σ π_k (A_k (1 − e^{−b_k(ℓ_k − 1)}) + D_k)
+        − (λE[S²] + 2 c_max) / (2 (1 − λ(E[S] + c_max))) − E[S].
+
+    Valid only when λ (E[S] + c_max) < 1; returns −inf otherwise. (The bound
+    holds as printed: its delay term exceeds the exact worst case
+    λ(E[S²] + 2c_max E[S] + c_max²)/(2(1 − λ(E[S] + c_max))) + E[S] + c_max by
+    λ c_max² / (2(1 − λ(E[S] + c_max))) ≥ 0.)
+    """
+    lam = problem.arrival_rate
+    m1, m2 = moments(problem, budgets)
+    c_max = jnp.max(problem.c, axis=-1)
+    accuracy = mean_accuracy(problem, budgets - 1.0)
+    slack = 1.0 - lam * (m1 + c_max)
+    ok = slack > 0
+    delay = (lam * m2 + 2.0 * c_max) / (2.0 * jnp.where(ok, slack, 1.0)) + m1
+    return jnp.where(ok, problem.alpha * accuracy - delay, -jnp.inf)
+
+
+def integer_bound_holds(problem: Problem, budgets: Float[Array, " N"]) -> Array:
+    """Whether eq. 41's assumption λ (E[S] + c_max) < 1 holds at ℓ*."""
+    m1, _ = moments(problem, budgets)
+    return problem.arrival_rate * (m1 + jnp.max(problem.c, axis=-1)) < 1

@@ -1,0 +1,65 @@
+"""What a solver returns: a :class:`Solution` pytree with a per-point :class:`Status`."""
+
+from __future__ import annotations
+
+import enum
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+
+class Status(enum.IntEnum):
+    """Outcome of a solve, stored as an int32 so that vmapped sweeps carry it per point."""
+
+    CONVERGED = 0
+    MAX_STEPS_REACHED = 1
+    UNSTABLE_QUEUE = 2  # λ Σ π_k t0_k ≥ 1: no budget gives a stable queue (eq. 4)
+    NONFINITE = 3  # a NaN or inf appeared (bad parameters reached jit unchecked)
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @property
+    def message(self) -> str:
+        return _MESSAGES[self]
+
+
+_MESSAGES = {
+    Status.CONVERGED: "converged",
+    Status.MAX_STEPS_REACHED: "the solver reached its maximum number of steps before its tolerance",
+    Status.UNSTABLE_QUEUE: "the queue is unstable even at zero budgets (λ·Σπ_k t0_k ≥ 1)",
+    Status.NONFINITE: "a non-finite value (NaN or inf) appeared",
+}
+
+
+class Solution(eqx.Module):
+    """The optimum of (9) found by a solver.
+
+    **Fields:**
+
+    - `budgets`: ℓ*, shape (N,), continuous, in [0, ℓ_max].
+    - `objective`: J(ℓ*) (eq. 7).
+    - `kkt_residual`: ‖ℓ − P(ℓ + ∇J(ℓ))‖∞ at the result.
+    - `iterations`: solver steps taken.
+    - `status`: a :class:`Status` value (int32 array).
+    """
+
+    budgets: Float[Array, " N"]
+    objective: Float[Array, ""]
+    kkt_residual: Float[Array, ""]
+    iterations: Int[Array, ""]
+    status: Int[Array, ""]
+
+    @property
+    def converged(self):
+        return self.status == Status.CONVERGED
+
+
+def final_status(converged, budgets, value, stable0) -> Array:
+    """Combine a solver's outcome into one int32 :class:`Status` code."""
+    finite = jnp.all(jnp.isfinite(budgets), axis=-1) & jnp.isfinite(value)
+    status = jnp.where(converged, Status.CONVERGED, Status.MAX_STEPS_REACHED)
+    status = jnp.where(finite, status, Status.NONFINITE)
+    return jnp.where(stable0, status, Status.UNSTABLE_QUEUE).astype(jnp.int32)

@@ -1,0 +1,93 @@
+"""`solve`: the entry point from a problem to its optimal budgets.
+
+:func:`solve_point` is the pure, jit- and vmap-friendly core: it never raises,
+and flags what went wrong in :attr:`Solution.status`. :func:`solve` validates
+a concrete problem, runs the compiled core, and raises :class:`SolveError` on
+any status but converged (unless `throw=False`).
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+
+from .model import Problem, validate
+from .objective import kkt_residual, moments, objective
+from .solution import Solution, Status, final_status
+from .solvers import METHODS, AggregateNewton
+
+
+class SolveError(RuntimeError):
+    """A solve ended in a status other than converged."""
+
+
+def get_solver(method="newton"):
+    """A solver instance from a method name ("newton", "fixed-point", "gradient",
+    "scaled-gradient") or an instance, returned as is."""
+    if isinstance(method, str):
+        try:
+            return METHODS[method]()
+        except KeyError:
+            raise ValueError(
+                f"method = {method!r}: expected one of {', '.join(METHODS)}"
+            ) from None
+    return method
+
+
+def solve_point(problem: Problem, solver=AggregateNewton(), start=None) -> Solution:
+    """Solve (9) for one problem; pure JAX, safe under `jit` and `vmap`.
+
+    **Arguments:**
+
+    - `problem`: the problem (may hold tracers).
+    - `solver`: a solver module (see :mod:`jaxalloc.solvers`).
+    - `start`: optional starting budgets (must be stable); default ℓ = 0.
+
+    **Returns:** a :class:`Solution`. A point whose queue is unstable even at
+    ℓ = 0 gets status `UNSTABLE_QUEUE`, budgets 0, objective −inf.
+    """
+    m1_zero = moments(problem, jnp.zeros_like(problem.A))[0]
+    stable0 = problem.arrival_rate * m1_zero < 1
+    # Unstable points are solved at a harmless stand-in load so that they stop at
+    # once under vmap instead of spinning to max_steps; their result is discarded.
+    tiny = jnp.finfo(problem.A.dtype).tiny
+    stand_in = jnp.where(stable0, problem.arrival_rate, 0.5 / jnp.maximum(m1_zero, tiny))
+    budgets, steps, done = solver(problem.replace(arrival_rate=stand_in), start)
+    value = objective(problem, budgets)
+    residual = kkt_residual(problem, budgets)
+    status = final_status(done, budgets, value, stable0)
+    return Solution(
+        budgets=jnp.where(stable0, budgets, 0.0),
+        objective=jnp.where(stable0, value, -jnp.inf),
+        kkt_residual=jnp.where(stable0, residual, jnp.inf),
+        iterations=jnp.asarray(steps, jnp.int32),
+        status=status,
+    )
+
+
+_solve_jit = eqx.filter_jit(solve_point)
+
+
+def solve(problem: Problem, method="newton", *, start=None, throw: bool = True, check: bool = True) -> Solution:
+    """Optimal continuous budgets ℓ* of problem (9).
+
+    **Arguments:**
+
+    - `problem`: a concrete :class:`Problem`.
+    - `method`: "newton" (default, 2-D Newton on the aggregate moments),
+      "fixed-point" (damped eq. 24), "gradient" (eq. 29 with the Lemma 3 step),
+      "scaled-gradient" (Jacobi-scaled eq. 29), or a solver instance.
+    - `start`: optional starting budgets.
+    - `throw`: raise :class:`SolveError` unless the status is converged.
+    - `check`: validate the problem first (raises `ProblemError`).
+
+    **Returns:** a :class:`Solution`.
+    """
+    if check:
+        validate(problem)
+    solution = _solve_jit(problem, get_solver(method), start)
+    if throw:
+        status = Status(int(solution.status))
+        if status != Status.CONVERGED:
+            raise SolveError(f"solve ({method if isinstance(method, str) else type(method).__name__}): {status.message}")
+    return solution

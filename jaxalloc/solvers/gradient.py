@@ -1,0 +1,128 @@
+"""Projected gradient ascent (eq. 29): the paper's fixed step and a diagonally scaled one.
+
+:class:`ProjectedGradient` is eq. 29 with η = `step_scale` / L_J, L_J the
+Lipschitz constant of Lemma 3 (eq. 32) evaluated over the superlevel set
+{J ≥ J(ℓ⁰)} (see :mod:`jaxalloc.bounds`), because the paper's box
+[0, ℓ_max]^N is not stable. Any 0 < step_scale < 2 is an ascent step there
+(eq. 38), so every iterate stays in that set; it needs 10^4–10^6 steps on
+realistic problems (condition number ~10^4).
+
+:class:`ScaledGradient` divides each gradient component by the row sum of
+−∇²J at the current point, d = −∇²J(ℓ)·1, one Hessian–vector product by
+autodiff. All entries of −∇²J are ≥ 0 (eqs. 33–34), so diag(d) ⪰ −∇²J
+(diagonal dominance): the unit step is a local majorisation step; an Armijo
+backtracking makes ascent global. It converges in tens of steps.
+
+Both stop on the fixed-point residual ‖P(ℓ̂(ℓ)) − ℓ‖∞ (tokens), an exact
+optimality measure that does not depend on the step length.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ..bounds import lipschitz_constant, superlevel_region
+from ..kkt import fixed_point_map
+from ..model import Problem
+from ..objective import gradient, objective
+from .base import resolve_tol, small_enough
+
+
+def _converged(problem, ell, tol):
+    return small_enough(fixed_point_map(problem, ell) - ell, ell, tol)
+
+
+class ProjectedGradient(eqx.Module):
+    """Projected gradient ascent with the Lemma 3 step bound (eqs. 29–38).
+
+    **Arguments:**
+
+    - `step_scale`: η · L_J, in (0, 2) (eq. 38).
+    - `tol`: relative tolerance on the fixed-point residual (tokens).
+    - `max_steps`: cap on gradient steps.
+    - `check_every`: gradient steps between two stopping tests.
+    """
+
+    step_scale: float = 1.9
+    tol: float | None = None
+    max_steps: int = 1_000_000
+    check_every: int = 20
+
+    def __call__(self, problem: Problem, start=None):
+        tol = resolve_tol(self.tol, problem.A.dtype)
+        ell0 = jnp.zeros_like(problem.A) if start is None else start
+        eta = self.step_scale / lipschitz_constant(problem, superlevel_region(problem, ell0))
+
+        def step(_, ell):
+            return jnp.clip(ell + eta * gradient(problem, ell), 0.0, problem.max_tokens)  # eq. 29
+
+        def cond(state):
+            ell, steps, done = state
+            return (~done) & (steps < self.max_steps) & jnp.all(jnp.isfinite(ell))
+
+        def body(state):
+            ell, steps, _ = state
+            ell = lax.fori_loop(0, self.check_every, step, ell)
+            return ell, steps + self.check_every, _converged(problem, ell, tol)
+
+        state = (ell0, jnp.asarray(0), _converged(problem, ell0, tol))
+        ell, steps, done = lax.while_loop(cond, body, state)
+        return ell, steps, done
+
+
+class ScaledGradient(eqx.Module):
+    """Projected gradient ascent with diagonal scaling by −∇²J·1 and Armijo backtracking.
+
+    **Arguments:**
+
+    - `tol`: relative tolerance on the fixed-point residual (tokens).
+    - `max_steps`: cap on steps.
+    - `max_backtracks`: cap on step halvings within one step.
+    """
+
+    tol: float | None = None
+    max_steps: int = 10_000
+    max_backtracks: int = 40
+
+    def __call__(self, problem: Problem, start=None):
+        tol = resolve_tol(self.tol, problem.A.dtype)
+        ell0 = jnp.zeros_like(problem.A) if start is None else start
+        grad_fn = lambda ell: gradient(problem, ell)
+        tiny = jnp.finfo(problem.A.dtype).tiny
+
+        def cond(state):
+            ell, value, steps, done = state
+            return (~done) & (steps < self.max_steps) & jnp.isfinite(value)
+
+        def body(state):
+            ell, value, steps, _ = state
+            g, hv = jax.jvp(grad_fn, (ell,), (jnp.ones_like(ell),))
+            scaled = g / jnp.maximum(-hv, tiny)
+
+            def trial(t):
+                new = jnp.clip(ell + t * scaled, 0.0, problem.max_tokens)
+                return new, objective(problem, new)
+
+            def bt_cond(c):
+                t, new, val, k = c
+                ascent = val >= value + 1e-4 * jnp.sum(g * (new - ell))
+                return (k < self.max_backtracks) & ~ascent
+
+            def bt_body(c):
+                t, _, _, k = c
+                new, val = trial(0.5 * t)
+                return 0.5 * t, new, val, k + 1
+
+            one = jnp.asarray(1.0, ell.dtype)
+            _, new, val, _ = lax.while_loop(bt_cond, bt_body, (one, *trial(one), 0))
+            keep = val >= value  # never step downhill (rounding at the optimum)
+            new = jnp.where(keep, new, ell)
+            val = jnp.where(keep, val, value)
+            return new, val, steps + 1, _converged(problem, new, tol)
+
+        state = (ell0, objective(problem, ell0), jnp.asarray(0), _converged(problem, ell0, tol))
+        ell, _, steps, done = lax.while_loop(cond, body, state)
+        return ell, steps, done

@@ -1,0 +1,112 @@
+"""Integer budgets from the continuous optimum (Section III-E, eqs. 39–40).
+
+- :func:`round_budgets`: component-wise rounding (eq. 40).
+- :func:`enumerate_floor_ceil`: the best of the 2^N floor/ceil combinations
+  (eq. 39), vectorised; refused above :data:`MAX_ENUMERATE_TASKS` tasks.
+- :func:`coordinate_search`: from the rounded point, flip single coordinates
+  between floor and ceil while J improves; O(N) per sweep, any N.
+
+The lower bound J̄ of eq. 41 is :func:`jaxalloc.objective.integer_lower_bound`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ..model import Problem
+from ..objective import mean_system_time, moments, objective, service_times, task_accuracy
+
+MAX_ENUMERATE_TASKS = 16
+"""Largest N for the 2^N enumeration of eq. 39 (65,536 candidates)."""
+
+
+def _floor_ceil(problem: Problem, budgets):
+    top = jnp.floor(problem.max_tokens)
+    lo = jnp.clip(jnp.floor(budgets), 0.0, top)
+    hi = jnp.clip(jnp.ceil(budgets), 0.0, top)
+    return lo, hi
+
+
+def round_budgets(problem: Problem, budgets):
+    """ℓ_k^{int,2} = round(ℓ*_k), within [0, ⌊ℓ_max⌋] (eq. 40)."""
+    return jnp.clip(jnp.round(budgets), 0.0, jnp.floor(problem.max_tokens))
+
+
+def enumerate_floor_ceil(problem: Problem, budgets):
+    """argmax of J over ℓ_k ∈ {⌊ℓ*_k⌋, ⌈ℓ*_k⌉} (eq. 39), all 2^N candidates at once.
+
+    Raises `ValueError` when N > :data:`MAX_ENUMERATE_TASKS`; use
+    :func:`coordinate_search` there.
+    """
+    n = budgets.shape[-1]
+    if n > MAX_ENUMERATE_TASKS:
+        raise ValueError(
+            f"integer search: N = {n} tasks needs 2^{n} floor/ceil candidates (eq. 39); "
+            f"enumeration is limited to N <= {MAX_ENUMERATE_TASKS}, use the coordinate search"
+        )
+    lo, hi = _floor_ceil(problem, budgets)
+    bits = (np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1
+    candidates = jnp.where(jnp.asarray(bits, bool), hi, lo)
+    values = jax.vmap(objective, in_axes=(None, 0))(problem, candidates)
+    return candidates[jnp.argmax(values)]
+
+
+def coordinate_search(problem: Problem, budgets, max_sweeps: int = 64):
+    """Start at round(ℓ*) and move single coordinates between floor and ceil while J rises.
+
+    Each trial updates (E[S], E[S²]) and the accuracy incrementally, O(1) per
+    coordinate; sweeps repeat until none improves (or `max_sweeps`).
+    """
+    lo, hi = _floor_ceil(problem, budgets)
+    start = jnp.clip(round_budgets(problem, budgets), lo, hi)
+    lam, alpha, prob = problem.arrival_rate, problem.alpha, problem.prob
+
+    def parts(ell):
+        m1, m2 = moments(problem, ell)
+        return m1, m2, jnp.sum(prob * task_accuracy(problem, ell))
+
+    def value(m1, m2, acc):
+        return alpha * acc - mean_system_time(lam, m1, m2)
+
+    t_lo, t_hi = service_times(problem, lo), service_times(problem, hi)
+    p_lo, p_hi = task_accuracy(problem, lo), task_accuracy(problem, hi)
+
+    def visit(k, carry):
+        ell, m1, m2, acc, changed = carry
+        up = ell[k] == lo[k]  # currently at the floor: try the ceiling, and vice versa
+        t_old, t_new = jnp.where(up, t_lo[k], t_hi[k]), jnp.where(up, t_hi[k], t_lo[k])
+        p_old, p_new = jnp.where(up, p_lo[k], p_hi[k]), jnp.where(up, p_hi[k], p_lo[k])
+        m1n = m1 + prob[k] * (t_new - t_old)
+        m2n = m2 + prob[k] * (t_new**2 - t_old**2)
+        accn = acc + prob[k] * (p_new - p_old)
+        better = value(m1n, m2n, accn) > value(m1, m2, acc)
+        pick = lambda a, b: jnp.where(better, a, b)
+        new = jnp.where(up, hi[k], lo[k])
+        return ell.at[k].set(pick(new, ell[k])), pick(m1n, m1), pick(m2n, m2), pick(accn, acc), changed | better
+
+    def sweep(state):
+        ell, sweeps, _ = state
+        m1, m2, acc = parts(ell)
+        ell, *_, changed = lax.fori_loop(0, ell.shape[-1], visit, (ell, m1, m2, acc, False))
+        return ell, sweeps + 1, changed
+
+    ell, _, _ = lax.while_loop(lambda s: s[2] & (s[1] < max_sweeps), sweep, (start, 0, True))
+    return ell
+
+
+def integer_budgets(problem: Problem, budgets, method: str = "auto"):
+    """Integer budgets by `method`: "enumerate" (eq. 39), "round" (eq. 40),
+    "coordinate", or "auto" (enumerate up to :data:`MAX_ENUMERATE_TASKS` tasks,
+    coordinate search beyond)."""
+    if method == "auto":
+        method = "enumerate" if budgets.shape[-1] <= MAX_ENUMERATE_TASKS else "coordinate"
+    if method == "enumerate":
+        return enumerate_floor_ceil(problem, budgets)
+    if method == "round":
+        return round_budgets(problem, budgets)
+    if method == "coordinate":
+        return coordinate_search(problem, budgets)
+    raise ValueError(f"integer method = {method!r}: expected auto, enumerate, round or coordinate")
