@@ -34,8 +34,9 @@ Half-precision inputs are computed in float32 and cast back.
 **Accuracy measured** against a float80 Newton reference (see
 `tests/test_lambertw.py`): max relative error 1.7 eps for float64 on
 $s \in [-30, 10^7]$ and 1.6 eps for float32 on $s \in [-80, 10^6]$; against
-`scipy.special.lambertw` on $s \in [-700, 700]$ the difference is $\le$ 2 eps
-(float64).
+`scipy.special.lambertw` on $s \in [-700, 700]$ the difference is $\le$ 2.7
+eps (float64; scipy's own error included). One call on $10^6$ float64 points
+takes ~35 ms on 2 CPU cores (float32: ~4 ms).
 """
 
 import jax
@@ -56,9 +57,9 @@ def _core(s, z, y):
     negative = s < 0
     finite = jnp.isfinite(s)
     # Double where: the iterated branch only ever sees safe, finite inputs.
-    s_it = jnp.where(small | ~finite, 1.0, s).astype(s.dtype)
-    z_it = jnp.where(negative & ~small, z, 1.0).astype(s.dtype)
-    y = jnp.where(small | ~finite, 1.0, y).astype(s.dtype)
+    s_it = jnp.where(small | ~finite, 1.0, s)
+    z_it = jnp.where(negative & ~small, z, 1.0)
+    y = jnp.where(small | ~finite, 1.0, y)
     w = y * (1 - jnp.log1p(y) / (2 + y))
     for _ in range(n_steps):
         log_ = jnp.log(jnp.where(negative, z_it / w, w))
@@ -101,12 +102,17 @@ def _lambertw_log(s):
 def _lambertw_log_jvp(primals, tangents):
     (s,), (s_dot,) = primals, tangents
     w = _lambertw_log(s)
-    inf = jnp.isinf(w)
-    w_safe = jnp.where(inf, 0, w)
-    dw_ds = jnp.where(inf, 1, w_safe / (1 + w_safe))
+    # dw/ds = w / (1 + w), written (double where) so that it is exact at
+    # w = 0 and w = inf, and so that its own derivative, w'/(1+w)^2, suffers
+    # no cancellation for large w.
+    big = w > 1
+    w_big = jnp.where(big, w, 1)
+    w_small = jnp.where(big, 1, w)
+    dw_ds = jnp.where(big, 1 / (1 + 1 / w_big), w_small / (1 + w_small))
     return w, dw_ds * s_dot
 
 
+@jax.jit
 def lambertw_log(s):
     r"""Principal branch of Lambert W of $e^{s}$, computed from $s$.
 
@@ -122,7 +128,8 @@ def lambertw_log(s):
     **Returns:**
 
     An array of the same shape and dtype as `s`, accurate to ~2 eps. Very
-    negative `s` gives $\approx e^{s}(1 - e^{s})$, underflowing to 0;
+    negative `s` gives $\approx e^{s}(1 - e^{s})$, underflowing to 0
+    (subnormal results may be flushed to 0 by XLA);
     `+inf` gives `+inf`, `-inf` gives 0, NaN gives NaN.
     """
     return _lambertw_log(_as_float(s))
@@ -147,6 +154,7 @@ def _lambertw_jvp(primals, tangents):
     return w, jnp.exp(-w) / (1 + w) * z_dot
 
 
+@jax.jit
 def lambertw(z):
     r"""Principal branch of Lambert W, $W_0(z)$, for $z \ge 0$.
 
