@@ -97,7 +97,8 @@ def kkt_residual(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, 
     coordinates at 0 have ∂J/∂ℓ_k ≤ 0 and those at ℓ_max have ∂J/∂ℓ_k ≥ 0.
     """
     g = gradient(problem, budgets)
-    step = jnp.clip(budgets + g, 0.0, problem.max_tokens) - budgets
+    # P(ℓ + g) − ℓ written as a clip of g itself, so |g| below eps·ℓ is not rounded away
+    step = jnp.clip(g, -budgets, problem.max_tokens - budgets)
     return jnp.max(jnp.abs(step), axis=-1)
 
 
