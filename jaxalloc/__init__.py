@@ -34,7 +34,7 @@ from .objective import (
 )
 from .solution import Solution, Status
 from .solve import SolveError, get_solver, solve, solve_point
-from .solvers import AggregateNewton, FixedPoint, ProjectedGradient, ScaledGradient
+from .solvers import AggregateNewton, FixedPoint, ProjectedGradient, ProjectedNewton, ScaledGradient
 from .solvers.integer import (
     MAX_ENUMERATE_TASKS,
     coordinate_search,
@@ -52,6 +52,7 @@ __all__ = [
     "Problem",
     "ProblemError",
     "ProjectedGradient",
+    "ProjectedNewton",
     "ScaledGradient",
     "Solution",
     "SolveError",

@@ -3,12 +3,14 @@
 from .fixed_point import FixedPoint
 from .gradient import ProjectedGradient, ScaledGradient
 from .newton import AggregateNewton
+from .projected_newton import ProjectedNewton
 
 METHODS = {
     "newton": AggregateNewton,
     "fixed-point": FixedPoint,
     "gradient": ProjectedGradient,
     "scaled-gradient": ScaledGradient,
+    "projected-newton": ProjectedNewton,
 }
 
-__all__ = ["AggregateNewton", "FixedPoint", "ProjectedGradient", "ScaledGradient", "METHODS"]
+__all__ = ["AggregateNewton", "ProjectedNewton", "FixedPoint", "ProjectedGradient", "ScaledGradient", "METHODS"]

@@ -24,12 +24,15 @@ class FixedPoint(eqx.Module):
 
     **Arguments:**
 
-    - `damping`: θ in (0, 1]; 1 is the paper's undamped map.
+    - `damping`: initial θ in (0, 1]; 1 is the paper's undamped map.
+    - `adaptive`: halve θ whenever the residual grows (and let it recover by
+      ×1.25 up to `damping` while it falls). `False` keeps θ fixed, as in the paper.
     - `tol`: relative tolerance on ‖P(ℓ̂(ℓ)) − ℓ‖∞ (tokens). Default by dtype.
     - `max_steps`: cap on iterations.
     """
 
     damping: float = 0.7
+    adaptive: bool = True
     tol: float | None = None
     max_steps: int = 10_000
 
@@ -37,21 +40,26 @@ class FixedPoint(eqx.Module):
         tol = resolve_tol(self.tol, problem.A.dtype)
         lam = problem.arrival_rate
         ell0 = jnp.zeros_like(problem.A) if start is None else start
+        dtype = ell0.dtype
 
         def cond(state):
-            ell, step, done, ok = state
-            return (~done) & ok & (step < self.max_steps)
+            ell, theta, last, step, done = state
+            return (~done) & jnp.all(jnp.isfinite(ell)) & (step < self.max_steps)
 
         def body(state):
-            ell, step, _, _ = state
-            r = fixed_point_map(problem, ell) - ell
+            ell, theta, last, step, _ = state
+            r = fixed_point_map(problem, ell) - ell  # eq. 24 without damping, minus ℓ
+            size = jnp.max(jnp.abs(r))
             done = small_enough(r, ell, tol)
+            if self.adaptive:
+                theta = jnp.where(size > last, 0.5 * theta, jnp.minimum(self.damping, 1.25 * theta))
             rho = lam * moments(problem, ell)[0]
-            rise = lam * jnp.sum(problem.prob * problem.c * r)  # ρ(ℓ + r) − ρ(ℓ)
+            rise = lam * jnp.sum(problem.prob * problem.c * r)  # ρ(ℓ + r) − ρ(ℓ), exact: E[S] is affine
             cap = jnp.where(rise > 0, 0.5 * (1.0 - rho) / rise, jnp.inf)
-            theta = jnp.minimum(self.damping, cap)
-            ell_new = jnp.where(done, ell, ell + theta * r)
-            return ell_new, step + 1, done, jnp.all(jnp.isfinite(ell_new))
+            # converged: finish with the undamped map, whose value is the accurate best response
+            ell_new = ell + jnp.where(done, 1.0, jnp.minimum(theta, cap)) * r
+            return ell_new, theta, size, step + 1, done
 
-        ell, steps, done, _ = lax.while_loop(cond, body, (ell0, jnp.asarray(0), jnp.asarray(False), jnp.asarray(True)))
+        init = (ell0, jnp.asarray(self.damping, dtype), jnp.asarray(jnp.inf, dtype), jnp.asarray(0), jnp.asarray(False))
+        ell, _, _, steps, done = lax.while_loop(cond, body, init)
         return ell, steps, done

@@ -20,14 +20,14 @@ optimality measure that does not depend on the step length.
 from __future__ import annotations
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jax import lax
 
 from ..bounds import lipschitz_constant, superlevel_region
 from ..kkt import fixed_point_map
 from ..model import Problem
-from ..objective import gradient, objective
+from ..objective import gradient, moments
+from .projected_newton import hessian_diagonal
 from .base import resolve_tol, small_enough
 
 
@@ -74,55 +74,60 @@ class ProjectedGradient(eqx.Module):
 
 
 class ScaledGradient(eqx.Module):
-    """Projected gradient ascent with diagonal scaling by −∇²J·1 and Armijo backtracking.
+    """Projected gradient ascent scaled by the Hessian diagonal (Jacobi), with a
+    line search on the directional derivative.
+
+    The direction is d = P(ℓ + g / diag(−∇²J)) − ℓ, a feasible segment along
+    which φ(t) = J(ℓ + t d) is concave. The step t = 1 is taken when
+    φ'(1) ≥ 0; otherwise t is shrunk by secant steps on φ' until φ'(t) ≥ 0,
+    which by concavity guarantees φ(t) ≥ φ(0). Comparing derivatives rather
+    than values of J keeps the search exact where J is flat to rounding.
 
     **Arguments:**
 
     - `tol`: relative tolerance on the fixed-point residual (tokens).
     - `max_steps`: cap on steps.
-    - `max_backtracks`: cap on step halvings within one step.
+    - `max_searches`: cap on secant shrinks within one step.
     """
 
     tol: float | None = None
     max_steps: int = 10_000
-    max_backtracks: int = 40
+    max_searches: int = 30
 
     def __call__(self, problem: Problem, start=None):
         tol = resolve_tol(self.tol, problem.A.dtype)
         ell0 = jnp.zeros_like(problem.A) if start is None else start
-        grad_fn = lambda ell: gradient(problem, ell)
         tiny = jnp.finfo(problem.A.dtype).tiny
 
         def cond(state):
-            ell, value, steps, done = state
-            return (~done) & (steps < self.max_steps) & jnp.isfinite(value)
+            ell, steps, done = state
+            return (~done) & (steps < self.max_steps) & jnp.all(jnp.isfinite(ell))
 
         def body(state):
-            ell, value, steps, _ = state
-            g, hv = jax.jvp(grad_fn, (ell,), (jnp.ones_like(ell),))
-            scaled = g / jnp.maximum(-hv, tiny)
+            ell, steps, _ = state
+            g = gradient(problem, ell)
+            d = jnp.clip(ell + g / jnp.maximum(hessian_diagonal(problem, ell), tiny), 0.0, problem.max_tokens) - ell
+            slope0 = jnp.sum(g * d)  # φ'(0) ≥ 0
 
-            def trial(t):
-                new = jnp.clip(ell + t * scaled, 0.0, problem.max_tokens)
-                return new, objective(problem, new)
+            def slope(t):  # φ'(t); −inf past the stability boundary, where J = −inf
+                x = ell + t * d
+                stable = problem.arrival_rate * moments(problem, x)[0] < 1
+                return jnp.where(stable, jnp.sum(gradient(problem, x) * d), -jnp.inf)
 
-            def bt_cond(c):
-                t, new, val, k = c
-                ascent = val >= value + 1e-4 * jnp.sum(g * (new - ell))
-                return (k < self.max_backtracks) & ~ascent
+            def search_cond(c):
+                t, s, k = c
+                return (k < self.max_searches) & ~(s >= 0)
 
-            def bt_body(c):
-                t, _, _, k = c
-                new, val = trial(0.5 * t)
-                return 0.5 * t, new, val, k + 1
+            def search_body(c):
+                t, s, k = c
+                t = t * jnp.clip(slope0 / (slope0 - s), 0.1, 0.9)  # secant on φ', kept inside (0, t)
+                return t, slope(t), k + 1
 
             one = jnp.asarray(1.0, ell.dtype)
-            _, new, val, _ = lax.while_loop(bt_cond, bt_body, (one, *trial(one), 0))
-            keep = val >= value  # never step downhill (rounding at the optimum)
-            new = jnp.where(keep, new, ell)
-            val = jnp.where(keep, val, value)
-            return new, val, steps + 1, _converged(problem, new, tol)
+            t, s, _ = lax.while_loop(search_cond, search_body, (one, slope(one), 0))
+            new = jnp.where(s >= 0, ell + t * d, ell)
+            return new, steps + 1, _converged(problem, new, tol)
 
-        state = (ell0, objective(problem, ell0), jnp.asarray(0), _converged(problem, ell0, tol))
-        ell, _, steps, done = lax.while_loop(cond, body, state)
+        state = (ell0, jnp.asarray(0), _converged(problem, ell0, tol))
+        ell, steps, done = lax.while_loop(cond, body, state)
         return ell, steps, done

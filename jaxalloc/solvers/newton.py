@@ -24,6 +24,7 @@ from ..kkt import best_response
 from ..model import Problem
 from ..objective import moments
 from .base import resolve_tol
+from .projected_newton import ProjectedNewton
 
 
 def _solve_2x2(a, rhs):
@@ -40,17 +41,30 @@ class AggregateNewton(eqx.Module):
 
     - `tol`: tolerance on the relative residual of the two moments. Default
       by dtype (1e-11 in float64, 2e-5 in float32).
-    - `max_steps`: cap on iterations (accepted and rejected trial points).
+    - `max_steps`: cap on iterations (accepted and rejected trial points) of
+      each Newton phase.
     """
 
     tol: float | None = None
-    max_steps: int = 100
+    max_steps: int = 40
 
     def __call__(self, problem: Problem, start=None):
+        ell_start = jnp.zeros_like(problem.A) if start is None else start
+        ell, steps, done = self.iterate(problem, ell_start, True)
+        # Safeguard, run only where Newton failed (rare: far starts at large α·A·b
+        # make best_response(m) so steep that the linear model misleads): the
+        # globally convergent projected Newton in ℓ, then Newton again from there.
+        fallback = ProjectedNewton(tol=self.tol)
+        ell_pn, steps_pn, done_pn = fallback(problem, ell_start, ~done)
+        ell_pol, steps_pol, done_pol = self.iterate(problem, ell_pn, ~done)
+        ell = jnp.where(done, ell, jnp.where(done_pol, ell_pol, ell_pn))
+        return ell, steps + steps_pn + steps_pol, done | done_pol | done_pn
+
+    def iterate(self, problem: Problem, ell_start, active):
+        """Newton from m = moments(ℓ_start); lanes with `active` False do nothing."""
         tol = resolve_tol(self.tol, problem.A.dtype)
         lam = problem.arrival_rate
-        zero = jnp.zeros_like(problem.A)
-        m0 = jnp.stack(moments(problem, zero if start is None else start))
+        m0 = jnp.stack(moments(problem, ell_start))
         unit = jnp.sum(problem.prob * problem.c)  # one token of every task, in seconds
         scale = jnp.stack([m0[0] + unit, m0[1] + unit * unit])
 
@@ -88,6 +102,7 @@ class AggregateNewton(eqx.Module):
 
         jac0, (r0, ell0) = linearize(m0)
         one = jnp.asarray(1.0, m0.dtype)
-        state = (m0, r0, jac0, ell0, one, jnp.asarray(0), jnp.max(jnp.abs(r0)) <= tol)
+        done0 = (jnp.max(jnp.abs(r0)) <= tol) | ~jnp.asarray(active)
+        state = (m0, r0, jac0, ell0, one, jnp.asarray(0), done0)
         m, r, jac, ell, t, steps, done = lax.while_loop(cond, body, state)
-        return ell, steps, done
+        return ell, steps, done & (jnp.max(jnp.abs(r)) <= tol)
