@@ -6,7 +6,9 @@ Nothing here imports jaxalloc's objective or solvers; tests compare the two.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize
+import warnings
+
+from scipy.optimize import Bounds, LinearConstraint, minimize
 
 
 def params(problem):
@@ -32,10 +34,30 @@ def J(p, ell):
     return val, grad
 
 
-def scipy_solve(problem, tight=True):
-    """L-BFGS-B on -J from ℓ = 0, coordinates rescaled by the curvature at 0.
+def neg_hessian(p, ell):
+    """−∇²J by hand: accuracy curvature (eq. 33) plus the delay Hessian (eq. 34)."""
+    t = p["t0"] + p["c"] * ell
+    m1, m2 = p["pi"] @ t, p["pi"] @ (t * t)
+    lam, D = p["lam"], 1 - p["lam"] * m1
+    w = p["pi"] * p["c"]
+    acc = p["alpha"] * p["pi"] * p["A"] * p["b"] ** 2 * np.exp(-p["b"] * ell)
+    return (
+        np.diag(acc + lam * p["pi"] * p["c"] ** 2 / D)
+        + lam**2 * np.outer(w, w) * (t[:, None] + t[None, :]) / D**2
+        + lam**3 * np.outer(w, w) * m2 / D**3
+    )
 
-    Returns (ℓ, J, scipy result).
+
+def scipy_solve(problem, tight=True):
+    """scipy's answer to (9), from ℓ = 0, coordinates rescaled by the curvature at 0.
+
+    L-BFGS-B alone, started at 0, can stop at once reporting convergence while
+    far from the optimum (the unstable region is a cliff for it), so a
+    `trust-constr` interior-point run with the stability condition as a linear
+    constraint goes first, and L-BFGS-B at tight tolerances polishes its point.
+    With `tight=False`: plain L-BFGS-B at scipy's defaults (what users reach for).
+
+    Returns (ℓ, J, scipy result of the last stage).
     """
     p = params(problem)
     n = p["A"].size
@@ -43,6 +65,7 @@ def scipy_solve(problem, tight=True):
     slack0 = 1 - p["lam"] * (p["pi"] @ p["t0"])
     h = p["alpha"] * p["pi"] * p["A"] * p["b"] ** 2 + p["lam"] * p["pi"] * p["c"] ** 2 / slack0
     s = 1 / np.sqrt(h)
+    upper = p["lmax"] / s
 
     def f(x):
         ell = x * s
@@ -51,8 +74,20 @@ def scipy_solve(problem, tight=True):
             return 1e300, np.zeros_like(x)
         return -val, -grad * s
 
-    opts = dict(ftol=1e-15, gtol=1e-13, maxiter=20000, maxls=100, maxcor=30) if tight else {}
-    res = minimize(f, np.zeros(n), jac=True, method="L-BFGS-B",
-                   bounds=[(0, p["lmax"] / si) for si in s], options=opts)
+    def hess(x):
+        return neg_hessian(p, x * s) * np.outer(s, s)
+
+    x0 = np.zeros(n)
+    if tight:
+        stability = LinearConstraint((p["lam"] * p["pi"] * p["c"] * s)[None, :], -np.inf, slack0 - 1e-9)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            first = minimize(f, x0, jac=True, hess=hess, method="trust-constr", bounds=Bounds(0, upper),
+                             constraints=[stability], options=dict(gtol=1e-9, xtol=1e-12, maxiter=5000))
+        x0 = np.clip(first.x, 0, upper)
+        opts = dict(ftol=1e-15, gtol=1e-13, maxiter=20000, maxls=100, maxcor=30)
+    else:
+        opts = {}
+    res = minimize(f, x0, jac=True, method="L-BFGS-B", bounds=[(0, u) for u in upper], options=opts)
     ell = res.x * s
     return ell, J(p, ell)[0], res
