@@ -33,7 +33,7 @@ from .objective import (
     utilization,
 )
 from .solution import Solution, Status
-from .solve import SolveError, get_solver, solve, solve_point
+from .solve import SolveError, get_solver, solve, solve_many, solve_point
 from .solvers import AggregateNewton, FixedPoint, ProjectedGradient, ProjectedNewton, ScaledGradient
 from .solvers.integer import (
     MAX_ENUMERATE_TASKS,
@@ -83,6 +83,7 @@ __all__ = [
     "round_budgets",
     "service_times",
     "solve",
+    "solve_many",
     "solve_point",
     "task_accuracy",
     "utilization",
