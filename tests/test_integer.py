@@ -1,0 +1,63 @@
+"""Integer budgets: eq. 39 enumeration, eq. 40 rounding, and the coordinate search."""
+
+import itertools
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxalloc as ja
+from problems import random_problem
+from reference import J as reference_J
+from reference import params
+
+
+def _brute_force(problem, star):
+    """Best floor/ceil combination by a plain Python loop over the reference objective."""
+    p = params(problem)
+    options = [sorted({np.floor(x), np.ceil(x)}) for x in np.asarray(star)]
+    best = max(itertools.product(*options), key=lambda ell: reference_J(p, np.array(ell))[0])
+    return np.array(best)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_enumeration_equals_brute_force(seed):
+    problem = random_problem(seed, 6, 0.3 + 0.1 * seed, 1.0 + 0.5 * seed)
+    star = ja.solve(problem).budgets
+    found = ja.enumerate_floor_ceil(problem, star)
+    np.testing.assert_array_equal(found, _brute_force(problem, star))
+    assert float(ja.objective(problem, found)) <= float(ja.objective(problem, star))
+
+
+def test_paper_integer_budgets(paper):
+    star = ja.solve(paper).budgets
+    np.testing.assert_array_equal(ja.round_budgets(paper, star), [0, 341, 0, 0, 346, 30])  # eq. 40
+    best = ja.integer_budgets(paper, star)
+    assert float(ja.objective(paper, best)) >= float(ja.objective(paper, ja.round_budgets(paper, star)))
+    assert float(ja.integer_lower_bound(paper, star)) <= float(ja.objective(paper, best)) <= float(ja.objective(paper, star))
+
+
+def test_coordinate_search_matches_enumeration_and_scales():
+    for seed in range(4):
+        problem = random_problem(10 + seed, 12, 0.5, 2.0)
+        star = ja.solve(problem).budgets
+        enum = float(ja.objective(problem, ja.enumerate_floor_ceil(problem, star)))
+        coord = ja.coordinate_search(problem, star)
+        assert np.all(np.abs(np.asarray(coord) - np.asarray(star)) < 1)
+        assert float(ja.objective(problem, coord)) == pytest.approx(enum, abs=1e-9 * (1 + abs(enum)))
+    big = random_problem(5, 40, 0.5, 2.0)
+    star = ja.solve(big).budgets
+    with pytest.raises(ValueError, match="N = 40 tasks needs 2\\^40"):
+        ja.enumerate_floor_ceil(big, star)
+    auto = ja.integer_budgets(big, star)  # falls back to the coordinate search
+    assert float(ja.objective(big, auto)) >= float(ja.objective(big, ja.round_budgets(big, star)))
+    np.testing.assert_array_equal(auto, jnp.round(auto))
+
+
+def test_integer_budgets_respect_max_tokens():
+    problem = random_problem(1, 3, 0.01, 3.0, b_range=(1e-5, 2e-5)).replace(max_tokens=1000.5)
+    star = ja.solve(problem).budgets
+    assert float(jnp.max(star)) == 1000.5
+    assert float(jnp.max(ja.integer_budgets(problem, star))) == 1000.0
+    with pytest.raises(ValueError, match="integer method = 'best'"):
+        ja.integer_budgets(problem, star, "best")
