@@ -1,0 +1,104 @@
+"""The `jaxalloc solve` command line: output for people and programs, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxalloc.cli import main
+
+CONTRACT_KEYS = {
+    "tasks", "budgets", "integer_budgets", "objective", "integer_objective", "integer_lower_bound",
+    "accuracy", "mean_wait", "mean_system_time", "utilization", "kkt_residual", "status", "method",
+    "iterations",
+}
+
+
+def run(*args, cwd=None):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "jaxalloc.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+def test_solve_json_contract():
+    out = run("solve", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert CONTRACT_KEYS <= set(data)
+    assert data["tasks"][1] == "GSM8K" and data["status"] == "converged" and data["method"] == "newton"
+    assert data["budgets"][1] == pytest.approx(340.89, abs=0.01)
+    assert data["integer_budgets"] == [0, 341, 0, 0, 346, 30]
+    assert data["objective"] == pytest.approx(9.754203, abs=1e-6)
+    assert data["integer_lower_bound"] <= data["integer_objective"] <= data["objective"]
+    assert data["utilization"] == pytest.approx(0.1716, abs=1e-4)
+
+
+def test_solve_table_overrides_and_methods(tmp_path):
+    out = run("solve", "--arrival-rate", "0.2", "--alpha", "50", "--method", "fixed-point")
+    assert out.returncode == 0, out.stderr
+    assert "GSM8K" in out.stdout and "fixed-point" in out.stdout and "λ = 0.2/s" in out.stdout
+    profile = tmp_path / "two.toml"
+    profile.write_text(
+        'name = "two"\narrival_rate = 0.5\nalpha = 20\nmax_tokens = 4096\n'
+        '[[tasks]]\nname = "math"\nprob = 0.25\nA = 0.6\nb = 0.002\nD = 0.1\nt0 = 0.2\nc = 0.01\n'
+        '[[tasks]]\nname = "chat"\nprob = 0.75\nA = 0.3\nb = 0.01\nD = 0.6\nt0 = 0.1\nc = 0.01\n'
+    )
+    data = json.loads(run("solve", str(profile), "--json", "--method", "projected-newton").stdout)
+    assert data["tasks"] == ["math", "chat"] and data["status"] == "converged"
+
+
+BAD_INPUTS = [
+    (["missing.toml"], "missing.toml"),
+    (["--arrival-rate", "-1"], "arrival_rate = -1"),
+    (["--arrival-rate", "nan"], "arrival_rate = nan"),
+    (["--arrival-rate", "fast"], "--arrival-rate"),
+    (["--alpha", "0"], "alpha = 0"),
+    (["--max-tokens", "-5"], "max_tokens = -5"),
+    (["--arrival-rate", "9"], "queue unstable even at zero budgets"),
+    (["--method", "magic"], "--method"),
+    (["BAD:malformed"], "malformed TOML"),
+    (["BAD:unknown"], "speed: unknown field"),
+    (["BAD:prob"], "sum to 0.9"),
+    (["BAD:AD"], "A + D = 1.2 > 1"),
+    (["BAD:b"], "b = 0: must be > 0"),
+    (["BAD:c"], "c = -0.1: must be > 0"),
+    (["BAD:nan"], "t0 = nan"),
+]
+
+TASK = 'name = "q"\nA = 0.5\nb = 0.001\nD = 0.2\nt0 = 0.1\nc = 0.01\n'
+BAD_FILES = {
+    "malformed": "arrival_rate = = 0.1\n",
+    "unknown": 'arrival_rate = 0.1\nalpha = 1\nmax_tokens = 10\n[[tasks]]\n' + TASK + "speed = 3\n",
+    "prob": 'arrival_rate = 0.1\nalpha = 1\nmax_tokens = 10\n[[tasks]]\n' + TASK + "prob = 0.9\n",
+    "AD": 'arrival_rate = 0.1\nalpha = 1\nmax_tokens = 10\n[[tasks]]\n' + TASK.replace("D = 0.2", "D = 0.7"),
+    "b": 'arrival_rate = 0.1\nalpha = 1\nmax_tokens = 10\n[[tasks]]\n' + TASK.replace("b = 0.001", "b = 0.0"),
+    "c": 'arrival_rate = 0.1\nalpha = 1\nmax_tokens = 10\n[[tasks]]\n' + TASK.replace("c = 0.01", "c = -0.1"),
+    "nan": 'arrival_rate = 0.1\nalpha = 1\nmax_tokens = 10\n[[tasks]]\n' + TASK.replace("t0 = 0.1", "t0 = nan"),
+}
+
+
+@pytest.mark.parametrize("args, needle", BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
+def test_bad_input_exits_2_with_one_line(tmp_path, monkeypatch, capsys, args, needle):
+    """In-process (the same `main` the console script calls), to keep the suite fast."""
+    args = list(args)
+    if args[0].startswith("BAD:"):
+        path = tmp_path / "bad.toml"
+        path.write_text(BAD_FILES[args[0][4:]])
+        args[0] = str(path)
+    monkeypatch.chdir(tmp_path)
+    before = set(os.listdir(tmp_path))
+    assert main(["solve", *args, "--json"]) == 2
+    out = capsys.readouterr()
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), out.err
+    assert needle in lines[0]
+    assert out.out == ""
+    assert set(os.listdir(tmp_path)) == before  # nothing written
+
+
+def test_bad_input_in_a_real_process(tmp_path):
+    out = run("solve", "--arrival-rate", "-1", cwd=tmp_path)
+    assert out.returncode == 2 and out.stdout == "" and os.listdir(tmp_path) == []
+    assert out.stderr.strip() == "error: arrival_rate = -1: must be > 0"
