@@ -74,10 +74,10 @@ def objective(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, ""]
     )
 
 
-gradient = jax.grad(objective, argnums=1)
+gradient = jax.jit(jax.grad(objective, argnums=1))
 """∇_ℓ J(ℓ) by autodiff (its closed form is eq. 17 without multipliers)."""
 
-hessian = jax.hessian(objective, argnums=1)
+hessian = jax.jit(jax.hessian(objective, argnums=1))
 """∇²_ℓ J(ℓ) by autodiff (its closed form is eqs. 33–34)."""
 
 
