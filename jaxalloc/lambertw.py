@@ -11,68 +11,123 @@ $$w + \log w = s, \qquad\text{i.e.}\qquad w = W_0(e^{s}),$$
 
 without ever forming $e^{s}$ for $s > 0$.
 
-**Algorithm** (branch-free, fixed cost, so it is cheap inside `vmap`/`jit`
-solver loops):
+**Algorithm** (branch-free, fixed cost, one `exp`, no `log`; it sits inside
+`vmap`/`jit` solver loops, where the float64 `log` of XLA:CPU is a slow scalar
+library call while `exp` is inlined):
 
-1. $s <$ `-20` (float64) / `-10` (float32): the series
-   $w = e^{s}(1 - e^{s})$, whose truncation error $\tfrac32 e^{2s}$ is below
-   half an ulp. It underflows gracefully to 0.
-2. Otherwise, Winitzki's initial guess written in terms of $s$: with
-   $y = \operatorname{softplus}(s) = \log(1 + e^{s})$,
-   $w_0 = y\,(1 - \log(1+y)/(2+y))$ (relative error up to ~1e-2).
-3. A fixed number of Fritsch–Shafer–Crowley (fourth-order) steps: 2 for
-   float64 (one step leaves a relative error of ~2e-9 near $s \approx 0.5$),
-   1 for float32. Each step uses the residual $r = s - \log w - w$, computed
-   for $s < 0$ as $r = \log(e^{s}/w) - w$ instead: $e^{s} \le 1$ cannot
-   overflow there, and this avoids the cancellation of $s - \log w$ that
-   would otherwise cost up to ~10 ulp for $s \in [-20, -2]$.
-4. $s = +\infty \mapsto +\infty$, $s = -\infty \mapsto 0$, NaN propagates.
+1. A guess $\lambda \approx \log w$ to within $5 \cdot 10^{-4}$, using that
+   $\log w = s - w$: $\lambda = s - R(s)$ for $s < 10$, with $R$ a (5, 5)
+   rational minimax fit of $W(e^s)$ on $[-10, 10]$ (absolute error
+   $4.2 \cdot 10^{-4}$; $s$ is clamped at $-10$, below which $w < 5 \cdot
+   10^{-5}$); for $s \ge 10$ the asymptotic series
+   $\lambda = \ell - \ell x - \tfrac{\ell(\ell-2)}{2} x^2 - \dots$ (4 terms) with
+   $x = 1/s$ and $\ell = \log s$ from the float exponent and a quartic
+   (error $6 \cdot 10^{-5}$). The two share one division.
+2. $w_0 = e^{\lambda}$, so that $\log w_0 = \lambda$ is known *exactly* and the
+   residual $r = s - \log w_0 - w_0$ costs no logarithm. It is evaluated as
+   $(s - \lambda) - w_0$ for $s < 0$ and $(s - w_0) - \lambda$ for $s \ge 0$,
+   the orders in which the first subtraction is (nearly) exact.
+3. One fifth-order correction $w = w_0 (1 + \varepsilon)$: with
+   $v = 1/(1 + w_0)$ and the Newton step $t = r v$, the exact correction
+   (root of $w_0 \varepsilon + \log(1 + \varepsilon) = r$) is the series
+   $\varepsilon = t + \tfrac{v}{2} t^2 + v(\tfrac{v}{2} - \tfrac13) t^3
+   + v(\tfrac58 v^2 - \tfrac56 v + \tfrac14) t^4 + O(t^5)$, whose truncation
+   error here is $\lesssim 10^{-2}\,(5 \cdot 10^{-4})^5 \approx 10^{-19}$.
+4. $s > 10^{20}$ (including $+\infty$) gives $w = s$, already exact there;
+   $s = -\infty$ gives 0 and NaN propagates.
 
+The result inherits the rounding of `exp` ($w \approx e^{s}$ for $s \ll 0$).
 Derivatives come from a `jax.custom_jvp`: $dw/ds = w/(1+w)$, exact and NaN-free.
 Half-precision inputs are computed in float32 and cast back.
 
 **Accuracy measured** against a float80 Newton reference (see
-`tests/test_lambertw.py`): max relative error 1.7 eps for float64 on
-$s \in [-30, 10^7]$ and 1.6 eps for float32 on $s \in [-80, 10^6]$; against
-`scipy.special.lambertw` on $s \in [-700, 700]$ the difference is $\le$ 2.7
-eps (float64; scipy's own error included). One call on $10^6$ float64 points
-takes ~35 ms on 2 CPU cores (float32: ~4 ms).
+`tests/test_lambertw.py`): max relative error 1.5 eps for float64 on
+$s \in [-708, 10^7]$ (0.9 eps for $s \ge 0$) and 1.0 eps for float32 on
+$s \in [-80, 10^6]$. **Speed** (2-core CPU, float64, chunks of 1024×6 points
+under `vmap`/`lax.map` as in the solvers): ~200 M evaluations/s, about 0.7× the
+throughput of a bare `jnp.log` (the previous `log`-based version ran at 0.15×).
 """
 
 import jax
 import jax.numpy as jnp
+from jax import lax
+
+# R(s) = P(s)/Q(s) ~ W(e^s) on [-10, 10], absolute error 4.2e-4 (coefficients of s^0, s^1, ...).
+_P = (
+    0.5671178187591939,
+    0.365548276241336,
+    0.10313187093999897,
+    0.01533800802208188,
+    0.0011650074144629239,
+    3.539371474589259e-05,
+)
+_Q = (
+    1.0,
+    0.007454660086341493,
+    0.04711719149535422,
+    -0.0021993702529869716,
+    0.00027868537202939696,
+    -6.910034939379199e-06,
+)
+_S_LO, _S_HI = -10.0, 10.0
+# log1p(f) on [0, 1], absolute error 6.1e-5.
+_LOG1P = (
+    6.077506730718949e-05,
+    0.996540055964121,
+    -0.4678329585420815,
+    0.2208901528942567,
+    -0.056571633561234624,
+)
+_LN2 = 0.6931471805599453
+_HUGE = 1e20  # beyond, log(s)/s < eps/100 and w = s - log(s) rounds to s
 
 
-def _settings(dtype):
-    """Series threshold and number of Fritsch steps for a float dtype."""
-    if jnp.finfo(dtype).nmant > 23:  # float64
-        return -20.0, 2
-    return -10.0, 1  # float32
+def _horner(coeffs, x):
+    acc = coeffs[-1]
+    for c in coeffs[-2::-1]:
+        acc = acc * x + c
+    return acc
 
 
-def _core(s, z, y):
-    """W0(e^s) given s, z = e^s for s < 0 (anything for s >= 0), y = log(1 + e^s)."""
-    thr, n_steps = _settings(s.dtype)
-    small = s < thr
-    negative = s < 0
-    finite = jnp.isfinite(s)
-    # Double where: the iterated branch only ever sees safe, finite inputs.
-    s_it = jnp.where(small | ~finite, 1.0, s)
-    z_it = jnp.where(negative & ~small, z, 1.0)
-    y = jnp.where(small | ~finite, 1.0, y)
-    w = y * (1 - jnp.log1p(y) / (2 + y))
-    for _ in range(n_steps):
-        log_ = jnp.log(jnp.where(negative, z_it / w, w))
-        r = jnp.where(negative, log_, s_it - log_) - w
-        # Fritsch-Shafer-Crowley step, with q = 2(1+w)(1+w+2r/3) rescaled by
-        # (1+w)^2 so that nothing overflows even for w near the float max.
-        t = r / (1 + w)
-        u = 2 + (4.0 / 3.0) * t
-        w = w * (1 + t * (u - t / (1 + w)) / (u - 2 * t / (1 + w)))
-    series = z * (1 - z)
-    w = jnp.where(small, series, w)
-    w = jnp.where(s == jnp.inf, jnp.inf, w)
-    return jnp.where(jnp.isnan(s), s, w)
+def _rough_log(x):
+    """log(x) to 6e-5 for finite x >= 1: the float exponent plus a quartic in the mantissa."""
+    nmant = jnp.finfo(x.dtype).nmant
+    itype = jnp.int64 if nmant > 23 else jnp.int32
+    one = lax.bitcast_convert_type(jnp.ones((), x.dtype), itype)
+    bits = lax.bitcast_convert_type(x, itype)
+    exponent = ((bits - one) >> nmant).astype(x.dtype)
+    mantissa = lax.bitcast_convert_type((bits & ((1 << nmant) - 1)) | one, x.dtype)  # [1, 2)
+    return exponent * _LN2 + _horner(_LOG1P, mantissa - 1)
+
+
+def _core(s, z=None):
+    """W0(e^s). `z`, if given, is e^s exactly (used for s < 0 instead of e^s)."""
+    neg = s < 0
+    big = s >= _S_HI
+    s = jnp.maximum(s, -1e4)  # -inf -> finite; W(e^-1e4) underflows to 0 anyway
+    s_r = jnp.maximum(s, _S_LO)
+    ell = _rough_log(jnp.maximum(s, 1.0))
+    # One division: q = R(s) ~ w below _S_HI, q = x = 1/s above.
+    q = jnp.where(big, 1.0, _horner(_P, s_r)) / jnp.where(big, s, _horner(_Q, s_r))
+    # w = s - l + l x + l(l-2)/2 x^2 + l(2l^2-9l+6)/6 x^3 + l(3l^3-22l^2+36l-12)/12 x^4
+    tail = (((0.25 * ell - 11 / 6) * ell + 3) * ell - 1) * q
+    tail = (((ell / 3 - 1.5) * ell + 1) + tail) * q
+    tail = ell * q * (1 + ((0.5 * ell - 1) + tail) * q)
+    lam = jnp.where(big, ell - tail, s - q)  # ~ log w, to 5e-4
+    if z is None:
+        w0 = jnp.exp(lam)
+        r = jnp.where(neg, (s - lam) - w0, (s - w0) - lam)
+    else:  # s = log z is rounded: for s < 0 use w0 = z e^{-q}, whose log is log z - q
+        e = jnp.exp(jnp.where(neg, -q, lam))
+        w0 = jnp.where(neg, z * e, e)
+        r = jnp.where(neg, q - w0, (s - w0) - lam)
+    v = 1 / (1 + w0)
+    t = r * v
+    c4 = v * ((0.625 * v - 5 / 6) * v + 0.25)
+    c3 = v * (0.5 * v - 1 / 3)
+    eps = t + t * t * (0.5 * v + t * (c3 + t * c4))
+    w = w0 + w0 * eps
+    return jnp.where(s > _HUGE, s, w)  # NaN stays NaN
 
 
 def _as_float(x):
@@ -89,27 +144,29 @@ def _compute_dtype(dtype):
 
 
 @jax.custom_jvp
+def _w_over_1pw(w):
+    """w / (1 + w) for w in [0, inf], exact at both ends."""
+    return 1 / (1 + 1 / w)
+
+
+@_w_over_1pw.defjvp
+def _w_over_1pw_jvp(primals, tangents):
+    (w,), (w_dot,) = primals, tangents
+    v = 1 / (1 + w)  # d/dw w/(1+w) = v^2: no cancellation for large w, finite at 0 and inf
+    return _w_over_1pw(w), v * v * w_dot
+
+
+@jax.custom_jvp
 def _lambertw_log(s):
     dtype = s.dtype
-    s = s.astype(_compute_dtype(dtype))
-    e = jnp.exp(-jnp.abs(s))  # <= 1: never overflows
-    z = jnp.where(s < 0, e, 1)  # e^s for s < 0
-    y = jnp.maximum(s, 0) + jnp.log1p(e)  # softplus(s), sharing the exp
-    return _core(s, z, y).astype(dtype)
+    return _core(s.astype(_compute_dtype(dtype))).astype(dtype)
 
 
 @_lambertw_log.defjvp
 def _lambertw_log_jvp(primals, tangents):
     (s,), (s_dot,) = primals, tangents
     w = _lambertw_log(s)
-    # dw/ds = w / (1 + w), written (double where) so that it is exact at
-    # w = 0 and w = inf, and so that its own derivative, w'/(1+w)^2, suffers
-    # no cancellation for large w.
-    big = w > 1
-    w_big = jnp.where(big, w, 1)
-    w_small = jnp.where(big, 1, w)
-    dw_ds = jnp.where(big, 1 / (1 + 1 / w_big), w_small / (1 + w_small))
-    return w, dw_ds * s_dot
+    return w, _w_over_1pw(w) * s_dot  # dw/ds = w / (1 + w)
 
 
 @jax.jit
@@ -127,8 +184,8 @@ def lambertw_log(s):
 
     **Returns:**
 
-    An array of the same shape and dtype as `s`, accurate to ~2 eps. Very
-    negative `s` gives $\approx e^{s}(1 - e^{s})$, underflowing to 0
+    An array of the same shape and dtype as `s`, accurate to ~1.5 eps. Very
+    negative `s` gives $\approx e^{s}$, underflowing to 0
     (subnormal results may be flushed to 0 by XLA);
     `+inf` gives `+inf`, `-inf` gives 0, NaN gives NaN.
     """
@@ -141,9 +198,8 @@ def _lambertw(z):
     z = z.astype(_compute_dtype(dtype))
     z_pos = jnp.where(z > 0, z, 1)
     s = jnp.where(z > 0, jnp.log(z_pos), jnp.where(z == 0, -jnp.inf, jnp.nan))
-    # Pass z itself (not exp(log z)) for z < 1 to avoid the rounding of log z.
-    w = _core(s.astype(z.dtype), jnp.minimum(z, 1), jnp.log1p(z))
-    return w.astype(dtype)
+    # Pass z itself for z < 1 to avoid the rounding of log z.
+    return _core(s, jnp.minimum(z, 1)).astype(dtype)
 
 
 @_lambertw.defjvp

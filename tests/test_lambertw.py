@@ -86,6 +86,17 @@ def test_float80_reference():
     assert _rel_err(np.asarray(lambertw_log(s), np.longdouble), ref).max() <= 2 * EPS64
 
 
+def test_float80_reference_large_and_switches():
+    """Against float80 Newton beyond s = 50 and right at the region switches (-10, 0, 10, 1e20)."""
+    if not HAS_LONGDOUBLE:
+        pytest.skip("numpy.longdouble is not x87 extended precision here")
+    switches = np.array([-10.0, 0.0, 10.0, 1e20])
+    near = switches[:, None] * (1 + np.linspace(-1e-6, 1e-6, 101)) + np.linspace(-1e-6, 1e-6, 101)
+    s = np.concatenate([np.geomspace(50.0, 1e25, N - near.size), near.ravel()])
+    ref = _newton(s, np.longdouble, np.where(s > 1, s, np.exp(np.minimum(s, 1)) / 2), iters=100)
+    assert _rel_err(np.asarray(lambertw_log(s), np.longdouble), ref).max() <= 2 * EPS64
+
+
 def test_very_negative():
     s = np.linspace(-1e4, -20.0, N)
     w = np.asarray(lambertw_log(s))

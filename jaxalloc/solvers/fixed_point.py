@@ -25,8 +25,12 @@ class FixedPoint(eqx.Module):
     **Arguments:**
 
     - `damping`: initial θ in (0, 1]; 1 is the paper's undamped map.
-    - `adaptive`: halve θ whenever the residual grows (and let it recover by
-      ×1.25 up to `damping` while it falls). `False` keeps θ fixed, as in the paper.
+    - `adaptive`: halve θ whenever the residual grows by more than 10% or reverses direction (a
+      period-2 oscillation: the map's Jacobian has an eigenvalue near or below
+      1 − 2/θ, e.g. −1.85 at λ = 0.149, α = 210 on the paper profile, −14.6 on
+      some random problems), and cap it for good at 0.8× the θ that failed;
+      otherwise let it grow by 10% a step up to that cap. `False` keeps θ
+      fixed, as in the paper.
     - `tol`: relative tolerance on ‖P(ℓ̂(ℓ)) − ℓ‖∞ (tokens). Default by dtype.
     - `max_steps`: cap on iterations.
     """
@@ -43,23 +47,27 @@ class FixedPoint(eqx.Module):
         dtype = ell0.dtype
 
         def cond(state):
-            ell, theta, last, step, done = state
+            ell, theta, cap_theta, last, step, done = state
             return (~done) & jnp.all(jnp.isfinite(ell)) & (step < self.max_steps)
 
         def body(state):
-            ell, theta, last, step, _ = state
+            ell, theta, cap_theta, last, step, _ = state
             r = fixed_point_map(problem, ell) - ell  # eq. 24 without damping, minus ℓ
-            size = jnp.max(jnp.abs(r))
             done = small_enough(r, ell, tol)
-            if self.adaptive:
-                theta = jnp.where(size > last, 0.5 * theta, jnp.minimum(self.damping, 1.25 * theta))
+            if self.adaptive:  # back off on growth by >10% or on a reversal (period-2 oscillation)
+                grows = jnp.max(jnp.abs(r)) > 1.1 * jnp.max(jnp.abs(last))
+                reverses = jnp.sum(r * last) < -0.5 * jnp.sqrt(jnp.sum(r * r) * jnp.sum(last * last))
+                bad = grows | reverses
+                cap_theta = jnp.where(bad, 0.8 * theta, cap_theta)  # never again reach a θ that failed
+                theta = jnp.where(bad, 0.5 * theta, jnp.minimum(cap_theta, 1.1 * theta))
             rho = lam * moments(problem, ell)[0]
             rise = lam * jnp.sum(problem.prob * problem.c * r)  # ρ(ℓ + r) − ρ(ℓ), exact: E[S] is affine
             cap = jnp.where(rise > 0, 0.5 * (1.0 - rho) / rise, jnp.inf)
             # converged: finish with the undamped map, whose value is the accurate best response
             ell_new = ell + jnp.where(done, 1.0, jnp.minimum(theta, cap)) * r
-            return ell_new, theta, size, step + 1, done
+            return ell_new, theta, cap_theta, r, step + 1, done
 
-        init = (ell0, jnp.asarray(self.damping, dtype), jnp.asarray(jnp.inf, dtype), jnp.asarray(0), jnp.asarray(False))
-        ell, _, _, steps, done = lax.while_loop(cond, body, init)
+        theta0 = jnp.asarray(self.damping, dtype)
+        init = (ell0, theta0, theta0, jnp.zeros_like(ell0), jnp.asarray(0), jnp.asarray(False))
+        ell, _, _, _, steps, done = lax.while_loop(cond, body, init)
         return ell, steps, done

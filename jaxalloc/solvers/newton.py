@@ -56,12 +56,16 @@ class AggregateNewton(eqx.Module):
         # globally convergent projected Newton in ℓ, then Newton again from there.
         fallback = ProjectedNewton(tol=self.tol)
         ell_pn, steps_pn, done_pn = fallback(problem, ell_start, ~done)
-        ell_pol, steps_pol, done_pol = self.iterate(problem, ell_pn, ~done)
+        ell_pol, steps_pol, done_pol = self.iterate(problem, ell_pn, ~done, lazy=True)
         ell = jnp.where(done, ell, jnp.where(done_pol, ell_pol, ell_pn))
         return ell, steps + steps_pn + steps_pol, done | done_pol | done_pn
 
-    def iterate(self, problem: Problem, ell_start, active):
-        """Newton from m = moments(ℓ_start); lanes with `active` False do nothing."""
+    def iterate(self, problem: Problem, ell_start, active, lazy=False):
+        """Newton from m = moments(ℓ_start); lanes with `active` False do nothing.
+
+        With `lazy`, the first linearisation happens inside the loop, so that a
+        batch with no active lane costs nothing.
+        """
         tol = resolve_tol(self.tol, problem.A.dtype)
         lam = problem.arrival_rate
         m0 = jnp.stack(moments(problem, ell_start))
@@ -84,25 +88,30 @@ class AggregateNewton(eqx.Module):
             return delta, jnp.minimum(1.0, jnp.minimum(t1, t2))
 
         def cond(state):
-            m, r, jac, ell, t, step, done = state
+            m, r, jac, ell, t, step, done, fresh = state
             return (~done) & (step < self.max_steps) & jnp.all(jnp.isfinite(r))
 
         def body(state):
-            m, r, jac, ell, t, step, _ = state
+            m, r, jac, ell, t, step, _, fresh = state
             delta, t_max = newton_step(m, r, jac)
             t = jnp.minimum(t, t_max)
-            m_try = m + t * delta
+            m_try = jnp.where(fresh, m, m + t * delta)  # fresh: only linearise at m
             jac_try, (r_try, ell_try) = linearize(m_try)
-            accept = jnp.sum(r_try**2) <= (1.0 - 1e-4 * t) * jnp.sum(r**2)
+            accept = fresh | (jnp.sum(r_try**2) <= (1.0 - 1e-4 * t) * jnp.sum(r**2))
             keep = lambda new, old: jnp.where(accept, new, old)
             m, r, jac, ell = keep(m_try, m), keep(r_try, r), keep(jac_try, jac), keep(ell_try, ell)
             t = jnp.where(accept, 1.0, 0.5 * t)
             done = jnp.max(jnp.abs(r)) <= tol
-            return m, r, jac, ell, t, step + 1, done
+            return m, r, jac, ell, t, step + 1, done, jnp.zeros_like(fresh)
 
-        jac0, (r0, ell0) = linearize(m0)
         one = jnp.asarray(1.0, m0.dtype)
-        done0 = (jnp.max(jnp.abs(r0)) <= tol) | ~jnp.asarray(active)
-        state = (m0, r0, jac0, ell0, one, jnp.asarray(0), done0)
-        m, r, jac, ell, t, steps, done = lax.while_loop(cond, body, state)
+        inactive = ~jnp.asarray(active)
+        if lazy:
+            r0, jac0, ell0 = jnp.ones(2, m0.dtype), -jnp.eye(2, dtype=m0.dtype), ell_start
+            done0, fresh = inactive, jnp.asarray(True)
+        else:
+            jac0, (r0, ell0) = linearize(m0)
+            done0, fresh = (jnp.max(jnp.abs(r0)) <= tol) | inactive, jnp.asarray(False)
+        state = (m0, r0, jac0, ell0, one, jnp.asarray(0), done0, fresh)
+        m, r, jac, ell, t, steps, done, _ = lax.while_loop(cond, body, state)
         return ell, steps, done & (jnp.max(jnp.abs(r)) <= tol)

@@ -117,10 +117,12 @@ class ProjectedNewton(eqx.Module):
             better = val >= value
             new, val = jnp.where(better, new, ell), jnp.where(better, val, value)
             full = jnp.clip(ell + d, 0.0, top) - ell
-            # converged: the Newton step is tiny, or its predicted gain g·Δ is at the
-            # rounding level of J (flat directions cannot be resolved further in tokens)
-            gain = jnp.sum(g * full)
-            done = small_enough(full, ell, tol) | (gain <= 16 * jnp.finfo(ell.dtype).eps * (1.0 + jnp.abs(value)))
+            # converged: the Newton step is tiny, or the Newton decrement g_F·d_F of the
+            # free block (> 0: the block is negative definite, Lemma 1) is at the rounding
+            # level of J, where flat directions cannot be resolved further in tokens
+            decrement = jnp.sum(jnp.where(active, 0.0, g * d))
+            flat = decrement <= 16 * jnp.finfo(ell.dtype).eps * (1.0 + jnp.abs(value))
+            done = small_enough(full, ell, tol) | flat
             return new, val, steps + 1, done
 
         state = (ell0, objective(problem, ell0), jnp.asarray(0), ~jnp.asarray(active))
