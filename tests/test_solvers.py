@@ -50,9 +50,11 @@ def _check_against_scipy(problem, sol):
     assert np.max(np.abs(np.asarray(sol.budgets) - ref)) <= 1e-4 * scale, res.message
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problem=problems())
 def test_random_problems_all_solvers_agree(problem):
+    """All fast solvers converge and agree; scipy is the referee up to N = 6 (its
+    trust-constr stage takes seconds at N = 64, which test_heavy_load_rho_095 covers)."""
     sols = {m: ja.solve(problem, m, throw=False) for m in FAST}
     for m, sol in sols.items():
         assert int(sol.status) == ja.Status.CONVERGED, m
@@ -62,7 +64,8 @@ def test_random_problems_all_solvers_agree(problem):
         scale = 1.0 + float(jnp.max(base.budgets))
         np.testing.assert_allclose(sol.budgets, base.budgets, atol=1e-7 * scale, err_msg=m)
         assert float(sol.objective) == pytest.approx(float(base.objective), rel=1e-12, abs=1e-12)
-    _check_against_scipy(problem, base)
+    if problem.num_tasks <= 6:
+        _check_against_scipy(problem, base)
 
 
 @pytest.mark.parametrize("n", [6, 64])
@@ -154,3 +157,18 @@ def test_solve_raises_on_unstable_and_bad_method(paper):
         ja.solve(paper, "nope")
     with pytest.raises(ja.SolveError, match="maximum number of steps"):
         ja.solve(paper, ja.FixedPoint(max_steps=2))
+
+
+def test_paper_grid_all_solvers_agree(paper):
+    """A (λ, α) grid over the paper profile, with the spots where the undamped map
+    oscillates (λ ≈ 0.149, α ≈ 210) and where a bad stopping rule once hid (λ = 0.4, α = 1000)."""
+    lam, alpha = np.meshgrid(np.linspace(0.005, 0.5, 8), np.geomspace(1.0, 1000.0, 8))
+    lam = np.append(lam.ravel(), [0.14897435897435896, 0.4])
+    alpha = np.append(alpha.ravel(), [210.29016607881326, 1000.0])
+    base = ja.solve_many(paper, "newton", arrival_rate=lam, alpha=alpha)
+    for method in FAST:
+        sol = ja.solve_many(paper, method, arrival_rate=lam, alpha=alpha)
+        assert np.all(np.asarray(sol.status) == ja.Status.CONVERGED), method
+        assert float(sol.kkt_residual.max()) <= 1e-8, method
+        scale = 1.0 + np.max(np.asarray(base.budgets), axis=-1, keepdims=True)
+        assert np.all(np.abs(np.asarray(sol.budgets - base.budgets)) <= 1e-6 * scale), method

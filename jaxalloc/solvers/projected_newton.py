@@ -119,9 +119,13 @@ class ProjectedNewton(eqx.Module):
             full = jnp.clip(ell + d, 0.0, top) - ell
             # converged: the Newton step is tiny, or the Newton decrement g_F·d_F of the
             # free block (> 0: the block is negative definite, Lemma 1) is at the rounding
-            # level of J, where flat directions cannot be resolved further in tokens
+            # level of J
             decrement = jnp.sum(jnp.where(active, 0.0, g * d))
             flat = decrement <= 16 * jnp.finfo(ell.dtype).eps * (1.0 + jnp.abs(value))
+            # there J can no longer rank the points, but the full Newton step is exact
+            # to the gradient's precision: take it without the line search, and stop
+            new = jnp.where(flat, ell + full, new)
+            val = jnp.where(flat, objective(problem, new), val)
             done = small_enough(full, ell, tol) | flat
             return new, val, steps + 1, done
 
