@@ -4,7 +4,7 @@ Implements Ozbas & Bastopcu, "Queueing-Aware Optimization of Reasoning Tokens
 for Accuracy-Latency Trade-offs in LLM Servers", and goes beyond it.
 """
 
-from .lambertw import lambertw, lambertw_log
+from .lambertw import lambertw, lambertw_log, log_lambertw_log
 from .model import (
     Problem,
     ProblemError,
@@ -70,6 +70,7 @@ __all__ = [
     "kkt_residual",
     "lambertw",
     "lambertw_log",
+    "log_lambertw_log",
     "load_profile",
     "make_problem",
     "mean_accuracy",

@@ -18,7 +18,8 @@ and projecting onto [0, ℓ_max] gives eq. 23. z_k overflows float64 for a few
 percent of realistic operating points, so W is evaluated on s_k = log z_k, and
 since w + log w = s we use the algebraically equal form
 ℓ̂_k = (log(b_k L_k) − log w_k) / b_k, which avoids the cancellation between
-the large negative K_k and W/b_k.
+the large negative K_k and W/b_k; log w_k comes straight from the Lambert-W
+iteration (:func:`jaxalloc.lambertw.log_lambertw_log`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from .lambertw import lambertw_log
+from .lambertw import log_lambertw_log
 from .model import Problem
 from .objective import delay_prices, moments
 
@@ -54,10 +55,7 @@ def best_response(problem: Problem, m1, m2) -> Float[Array, " N"]:
     )
     K = -(T1 + 2.0 * T2 * problem.t0) / (2.0 * T2 * c)  # eq. 21
     s = log_bL - b * K  # log z_k of eq. 22, z_k itself never formed
-    w = lambertw_log(s)
-    large = s > 1.0
-    # log w: direct for large s; s − w (exact, w + log w = s) near w → 0, where log(w) underflows
-    log_w = jnp.where(large, jnp.log(jnp.where(large, w, 1.0)), s - w)
+    log_w = log_lambertw_log(s)  # log W(z), from s, with no logarithm evaluated
     ell_hat = (log_bL - log_w) / b  # = K + W(z)/b (eq. 22)
     return jnp.clip(ell_hat, 0.0, problem.max_tokens)  # eq. 23
 

@@ -103,10 +103,12 @@ def _rough_log(x):
     return exponent * _LN2 + _horner(_LOG1P, mantissa - 1)
 
 
-def _core(s, z=None):
-    """W0(e^s). `z`, if given, is e^s exactly (used for s < 0 instead of e^s)."""
+def _core(s, z=None, with_log=False):
+    """W0(e^s), and log W0(e^s) too if `with_log`. `z`, if given, is e^s exactly
+    (used for s < 0 instead of e^s)."""
     neg = s < 0
     big = s >= _S_HI
+    s_in = s
     s = jnp.maximum(s, -1e4)  # -inf -> finite; W(e^-1e4) underflows to 0 anyway
     s_r = jnp.maximum(s, _S_LO)
     ell = _rough_log(jnp.maximum(s, 1.0))
@@ -130,7 +132,13 @@ def _core(s, z=None):
     c3 = v * (0.5 * v - 1 / 3)
     eps = t + t * t * (0.5 * v + t * (c3 + t * c4))
     w = w0 + w0 * eps
-    return jnp.where(s > _HUGE, s, w)  # NaN stays NaN
+    w = jnp.where(s > _HUGE, s, w)  # NaN stays NaN
+    if not with_log:
+        return w
+    # log w = log w0 + log(1 + eps), |eps| <= 5e-4: four terms leave ~1e-17
+    log_w = lam + eps * (1 - eps * (0.5 - eps * (1 / 3 - 0.25 * eps)))
+    log_w = jnp.where(s_in < _S_LO, s_in - w, log_w)  # exact there (w < 5e-5), down to s = -inf
+    return w, jnp.where(s > _HUGE, jnp.where(s == jnp.inf, s, lam), log_w)
 
 
 def _as_float(x):
@@ -170,6 +178,38 @@ def _lambertw_log_jvp(primals, tangents):
     (s,), (s_dot,) = primals, tangents
     w = _lambertw_log(s)
     return w, _w_over_1pw(w) * s_dot  # dw/ds = w / (1 + w)
+
+
+@jax.custom_jvp
+def _log_lambertw_log(s):
+    dtype = s.dtype
+    return _core(s.astype(_compute_dtype(dtype)), with_log=True)[1].astype(dtype)
+
+
+@_log_lambertw_log.defjvp
+def _log_lambertw_log_jvp(primals, tangents):
+    (s,), (s_dot,) = primals, tangents
+    w, log_w = _core(s.astype(_compute_dtype(s.dtype)), with_log=True)
+    v = 1 / (1 + w.astype(s.dtype))  # d log w / ds = 1 / (1 + w), from w + log w = s
+    return log_w.astype(s.dtype), v * s_dot
+
+
+@jax.jit
+def log_lambertw_log(s):
+    r"""$\log W_0(e^{s})$, computed from $s$ without any logarithm.
+
+    Equals $s - W_0(e^s)$ mathematically, but without that subtraction's
+    cancellation for large $s$: the solvers need $\log w$, not $w$ (see
+    :func:`jaxalloc.kkt.best_response`). Derivative $1/(1 + w)$.
+
+    **Arguments:**
+
+    - `s`: real array, any shape and float dtype.
+
+    **Returns:** $\log W_0(e^s)$, same shape and dtype; $\approx s$ for very
+    negative `s`, `+inf` for `+inf`.
+    """
+    return _log_lambertw_log(_as_float(s))
 
 
 @jax.jit
@@ -233,4 +273,4 @@ def lambertw(z):
     return _lambertw(_as_float(z))
 
 
-__all__ = ["lambertw", "lambertw_log"]
+__all__ = ["lambertw", "lambertw_log", "log_lambertw_log"]

@@ -80,6 +80,9 @@ class AggregateNewton(eqx.Module):
 
         linearize = jax.jacfwd(residual, has_aux=True)
 
+        def small(m, r):  # moments consistent to `tol`, relative to their current size
+            return jnp.max(jnp.abs(r) * scale / jnp.maximum(m, scale)) <= tol
+
         floor = jnp.stack(moments(problem, jnp.zeros_like(problem.A)))  # moments at ℓ = 0
 
         def newton_trial(m, r, jac, t):
@@ -104,7 +107,7 @@ class AggregateNewton(eqx.Module):
             keep = lambda new, old: jnp.where(accept, new, old)
             m, r, jac, ell = keep(m_try, m), keep(r_try, r), keep(jac_try, jac), keep(ell_try, ell)
             t = jnp.where(accept, 1.0, 0.5 * t)
-            done = jnp.max(jnp.abs(r)) <= tol
+            done = small(m, r)
             return m, r, jac, ell, t, step + 1, done, jnp.zeros_like(fresh)
 
         one = jnp.asarray(1.0, m0.dtype)
@@ -114,7 +117,7 @@ class AggregateNewton(eqx.Module):
             done0, fresh = inactive, jnp.asarray(True)
         else:
             jac0, (r0, ell0) = linearize(m0)
-            done0, fresh = (jnp.max(jnp.abs(r0)) <= tol) | inactive, jnp.asarray(False)
+            done0, fresh = small(m0, r0) | inactive, jnp.asarray(False)
         state = (m0, r0, jac0, ell0, one, jnp.asarray(0), done0, fresh)
         m, r, jac, ell, t, steps, done, _ = lax.while_loop(cond, body, state)
-        return ell, steps, done & (jnp.max(jnp.abs(r)) <= tol)
+        return ell, steps, done & small(m, r)
