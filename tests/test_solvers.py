@@ -172,3 +172,26 @@ def test_paper_grid_all_solvers_agree(paper):
         assert float(sol.kkt_residual.max()) <= 1e-8, method
         scale = 1.0 + np.max(np.asarray(base.budgets), axis=-1, keepdims=True)
         assert np.all(np.abs(np.asarray(sol.budgets - base.budgets)) <= 1e-6 * scale), method
+
+
+def test_solve_many_sharded_equals_unsharded(tmp_path):
+    """With 4 forced host devices, the sharded sweep equals the one-device sweep."""
+    script = tmp_path / "shard.py"
+    script.write_text(
+        "import os\n"
+        "os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'\n"
+        "import jax, numpy as np\n"
+        "jax.config.update('jax_enable_x64', True)\n"
+        "import jaxalloc as ja\n"
+        "assert jax.local_device_count() == 4\n"
+        "p = ja.paper_profile()\n"
+        "lam, al = np.meshgrid(np.linspace(0.01, 0.4, 23), np.geomspace(1, 1000, 11))\n"
+        "a = ja.solve_many(p, arrival_rate=lam, alpha=al, chunk=16)\n"
+        "b = ja.solve_many(p, arrival_rate=lam, alpha=al, chunk=16, devices=1)\n"
+        "assert np.all(np.asarray(a.status) == 0)\n"
+        "print(float(np.abs(np.asarray(a.budgets) - np.asarray(b.budgets)).max()))\n"
+    )
+    import subprocess, sys
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.strip()) <= 1e-12
