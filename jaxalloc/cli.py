@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 0
         return {"solve": _cmd_solve}[args.command](args)
-    except (_UsageError, ProblemError) as err:
+    except (_UsageError, ProblemError, ValueError) as err:  # ValueError: e.g. eq. 39 beyond its N
         message = " ".join(str(err).split())  # exactly one line
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -102,3 +102,16 @@ def test_bad_input_in_a_real_process(tmp_path):
     out = run("solve", "--arrival-rate", "-1", cwd=tmp_path)
     assert out.returncode == 2 and out.stdout == "" and os.listdir(tmp_path) == []
     assert out.stderr.strip() == "error: arrival_rate = -1: must be > 0"
+
+
+def test_enumeration_beyond_its_limit_is_a_one_line_error(tmp_path, capsys):
+    tasks = "".join(
+        f'[[tasks]]\nname = "t{k}"\nA = 0.5\nb = 0.002\nD = 0.2\nt0 = 0.01\nc = 0.001\n' for k in range(17)
+    )
+    path = tmp_path / "wide.toml"
+    path.write_text("arrival_rate = 0.5\nalpha = 20\nmax_tokens = 4096\n" + tasks)
+    assert main(["solve", str(path), "--integer", "enumerate"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "enumeration is limited to N <= 16" in err[0]
+    assert main(["solve", str(path), "--json"]) == 0  # auto: the coordinate search
+    assert len(json.loads(capsys.readouterr().out)["integer_budgets"]) == 17

@@ -11,7 +11,8 @@ its forward-mode Jacobian with respect to the two moments (autodiff, one
 have (E[S] at most 90% of the way to 1/λ, E[S²] ≥ E[S]²); one whose scaled
 residual does not fall (Armijo) is rejected and the step halved on the next
 iteration, so backtracking costs no extra loop. From m⁰ = moments(0) it
-converges quadratically, in 4–8 steps on the paper's profile.
+converges quadratically: 3 steps at the paper's point, 3 (median) to 14 over
+a (λ, α) grid up to α = 1000.
 """
 
 from __future__ import annotations
