@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import jaxalloc as ja
-from problems import TASK_COUNTS, problems, random_problem
+from problems import problems, random_problem
 from reference import J as reference_J
 from reference import params, scipy_solve
 
