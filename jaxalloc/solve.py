@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax
-import numpy as np
-from jax.sharding import Mesh, PartitionSpec as P
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from .model import Problem, validate
 from .objective import kkt_residual, moments, objective
@@ -25,8 +26,8 @@ class SolveError(RuntimeError):
 
 
 def get_solver(method="newton"):
-    """A solver instance from a method name ("newton", "fixed-point", "gradient",
-    "scaled-gradient") or an instance, returned as is."""
+    """A solver instance from a method name (a key of
+    :data:`jaxalloc.solvers.METHODS`) or an instance, returned as is."""
     if isinstance(method, str):
         try:
             return METHODS[method]()
@@ -79,7 +80,8 @@ def solve(problem: Problem, method="newton", *, start=None, throw: bool = True, 
     - `problem`: a concrete :class:`Problem`.
     - `method`: "newton" (default, 2-D Newton on the aggregate moments),
       "fixed-point" (damped eq. 24), "gradient" (eq. 29 with the Lemma 3 step),
-      "scaled-gradient" (Jacobi-scaled eq. 29), or a solver instance.
+      "scaled-gradient" (Jacobi-scaled eq. 29), "projected-newton" (Newton in
+      budget space, O(N) structured Hessian), or a solver instance.
     - `start`: optional starting budgets.
     - `throw`: raise :class:`SolveError` unless the status is converged.
     - `check`: validate the problem first (raises `ProblemError`).
