@@ -32,6 +32,14 @@ from .objective import (
     task_accuracy,
     utilization,
 )
+from .simulate import (
+    SimulationError,
+    SimulationResult,
+    format_simulation_report,
+    simulate,
+    simulate_points,
+    simulation_report,
+)
 from .solution import Solution, Status
 from .solve import SolveError, get_solver, solve, solve_many, solve_point
 from .solvers import AggregateNewton, FixedPoint, ProjectedGradient, ProjectedNewton, ScaledGradient
@@ -54,6 +62,8 @@ __all__ = [
     "ProjectedGradient",
     "ProjectedNewton",
     "ScaledGradient",
+    "SimulationError",
+    "SimulationResult",
     "Solution",
     "SolveError",
     "Status",
@@ -61,6 +71,7 @@ __all__ = [
     "coordinate_search",
     "delay_prices",
     "enumerate_floor_ceil",
+    "format_simulation_report",
     "get_solver",
     "gradient",
     "hessian",
@@ -83,6 +94,9 @@ __all__ = [
     "problem_to_toml",
     "round_budgets",
     "service_times",
+    "simulate",
+    "simulate_points",
+    "simulation_report",
     "solve",
     "solve_many",
     "solve_point",

@@ -41,6 +41,20 @@ def _build_parser() -> argparse.ArgumentParser:
         help="integer budgets: eq. 39 enumeration, eq. 40 rounding, or coordinate search",
     )
     solve.add_argument("--json", action="store_true", help="print JSON for programs")
+
+    sim = sub.add_parser("simulate", help="simulate the M/G/1 FIFO server at given budgets")
+    sim.add_argument("profile", nargs="?", help="TOML profile (default: the bundled paper profile)")
+    sim.add_argument("--budgets", metavar="A,B,...", help="token budgets, one per task (default: optimal integer)")
+    sim.add_argument("--queries", type=int, default=10_000, metavar="N", help="queries per replication")
+    sim.add_argument("--replications", type=int, default=100, metavar="R", help="independent replications")
+    sim.add_argument("--seed", type=int, default=0, metavar="S", help="random seed")
+    sim.add_argument("--warmup", type=int, default=0, metavar="W", help="first queries left out of statistics")
+    sim.add_argument("--service-cv", type=float, default=0.0, metavar="CV",
+                     help="lognormal service-time jitter, coefficient of variation (default 0: deterministic)")
+    sim.add_argument("--arrival-rate", type=float, metavar="X", help="override λ (queries/s)")
+    sim.add_argument("--alpha", type=float, metavar="Y", help="override α (accuracy weight)")
+    sim.add_argument("--max-tokens", type=float, metavar="L", help="override ℓ_max")
+    sim.add_argument("--json", action="store_true", help="print JSON for programs")
     return parser
 
 
@@ -80,6 +94,48 @@ def _cmd_solve(args) -> int:
     return 0
 
 
+def _parse_budgets(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise _UsageError(f"--budgets = {text!r}: expected comma-separated numbers") from None
+    return values
+
+
+def _cmd_simulate(args) -> int:
+    import numpy as np
+
+    from .simulate import SimulationError, format_simulation_report, simulate, simulation_report
+
+    problem, name = _load(args.profile, args)
+    if args.budgets is not None:
+        budgets = np.asarray(_parse_budgets(args.budgets))
+        if budgets.shape != (problem.num_tasks,):
+            raise SimulationError(f"--budgets: {budgets.size} values for {problem.num_tasks} tasks")
+    else:
+        from .solve import solve
+        from .solution import Status
+        from .solvers.integer import integer_budgets
+
+        solution = solve(problem, throw=False, check=False)
+        if Status(int(solution.status)) != Status.CONVERGED:
+            raise SimulationError(f"default budgets: solve: {Status(int(solution.status)).label}")
+        budgets = np.asarray(integer_budgets(problem, solution.budgets))
+    result = simulate(
+        problem, budgets, queries=args.queries, replications=args.replications, seed=args.seed,
+        warmup=args.warmup, service_cv=args.service_cv,
+    )
+    report = simulation_report(problem, budgets, result, service_cv=args.service_cv)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_simulation_report(report, title=f"jaxalloc simulate: {name} ({problem.num_tasks} tasks)"))
+    if not report["stable"]:
+        print(f"error: simulate: {report['message']}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .model import ProblemError
 
@@ -94,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
-        return {"solve": _cmd_solve}[args.command](args)
+        return {"solve": _cmd_solve, "simulate": _cmd_simulate}[args.command](args)
     except (_UsageError, ProblemError, ValueError) as err:  # ValueError: e.g. eq. 39 beyond its N
         message = " ".join(str(err).split())  # exactly one line
         print(f"error: {message}", file=sys.stderr)

@@ -28,7 +28,7 @@ from .solution import Solution, Status
 from .solvers.integer import integer_budgets
 
 
-def _num(x) -> float | None:
+def json_number(x) -> float | None:
     """A JSON-safe float: None for NaN or ±inf."""
     v = float(x)
     return v if math.isfinite(v) else None
@@ -53,16 +53,16 @@ def solution_report(problem: Problem, solution: Solution, method: str, integer: 
         "tasks": names,
         "budgets": [float(x) for x in np.asarray(ell)],
         "integer_budgets": [int(x) for x in np.asarray(ell_int)],
-        "objective": _num(solution.objective),
-        "integer_objective": _num(objective(problem, ell_int)),
-        "integer_lower_bound": _num(integer_lower_bound(problem, ell)),
+        "objective": json_number(solution.objective),
+        "integer_objective": json_number(objective(problem, ell_int)),
+        "integer_lower_bound": json_number(integer_lower_bound(problem, ell)),
         "integer_lower_bound_valid": bound_ok,
-        "accuracy": _num(mean_accuracy(problem, ell)),
+        "accuracy": json_number(mean_accuracy(problem, ell)),
         "task_accuracy": [float(x) for x in np.asarray(task_accuracy(problem, ell))],
-        "mean_wait": _num(mean_wait(lam, m1, m2)),
-        "mean_system_time": _num(mean_system_time(lam, m1, m2)),
-        "utilization": _num(utilization(lam, m1)),
-        "kkt_residual": _num(solution.kkt_residual),
+        "mean_wait": json_number(mean_wait(lam, m1, m2)),
+        "mean_system_time": json_number(mean_system_time(lam, m1, m2)),
+        "utilization": json_number(utilization(lam, m1)),
+        "kkt_residual": json_number(solution.kkt_residual),
         "status": Status(int(solution.status)).label,
         "method": method,
         "iterations": int(solution.iterations),

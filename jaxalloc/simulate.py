@@ -1,0 +1,552 @@
+"""Discrete-event check of the queue model: an M/G/1 FIFO server simulated in JAX.
+
+The server is simulated as the paper models it: Poisson arrivals at rate λ,
+each query of type k with probability π_k, served for the deterministic time
+t_k(ℓ_k) (eq. 1), first come first served by one server, and answered
+correctly with probability p_k(ℓ_k) (eq. 2). Optionally the service time is
+multiplied by a lognormal jitter factor with mean 1 and coefficient of
+variation `service_cv`; the queue is then M/G/1 with
+E[S²] = Σ π_k t_k² (1 + cv²), which is what the theory value uses.
+
+**Algorithm.** Waits follow the Lindley recursion
+W_{n+1} = max(0, W_n + S_n − A_{n+1}) (A: exponential inter-arrival times),
+and system times are T_n = W_n + S_n; the first query finds the server idle.
+The stream is cut into chunks of `chunk` queries: an outer ``lax.scan`` over
+chunks carries the wait W and running sums, an inner ``lax.scan`` runs the
+recursion within a chunk. Memory is O(replications × chunk), whatever the
+number of queries, unless system times are kept for exact quantiles (below).
+Replications are ``jax.vmap``-ed (:func:`simulate`), and so are operating
+points (:func:`simulate_points`); everything is one ``jax.jit`` call.
+
+**Random numbers.** Query n of replication r draws its four uniforms (inter-
+arrival, task type, correctness, jitter) from
+``fold_in(fold_in(key(seed), r), n)``: they depend on (seed, r, n) only, so a
+result does not depend on the chunk size (up to the summation order of the
+statistics) and replication r is the same stream whatever `replications` is.
+All operating points of :func:`simulate_points` share the streams (common
+random numbers).
+
+**Statistics.** Warm-up queries (the first `warmup`) are simulated but left
+out of every statistic. Means come with 95% confidence intervals across
+replications (a ratio estimator: sums over counts per replication), using the
+Student t quantile (table to 30 degrees of freedom, Cornish–Fisher expansion
+beyond); accuracies come with Wilson binomial intervals over all counted
+queries. Quantiles (p50/p95/p99) are exact — all system times are kept —
+when replications × padded queries ≤ `store_limit`; beyond that each
+replication fills a log-spaced histogram (`bins` bins over 12 decades around
+E[S], relative resolution about 1.4% for 2048 bins) and quantiles are read
+from the pooled histogram; per-type quantiles are then not reported.
+
+**Stability.** With λ E[S] ≥ 1 (eq. 4) the queue grows without bound: the
+simulation still runs, but :func:`simulation_report` sets ``stable`` false and
+reports no mean, interval or quantile of the system time (they would only
+measure the run length).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.scipy.special import ndtri
+
+from .model import Problem
+from .report import json_number
+from .objective import mean_system_time, mean_wait, moments, service_times, task_accuracy, utilization
+
+DEFAULT_CHUNK = 4096
+DEFAULT_STORE_LIMIT = 1 << 22
+DEFAULT_BINS = 2048
+_DECADES_BELOW, _DECADES_ABOVE = 4.0, 8.0  # histogram range around E[S]
+
+# Student t 0.975 quantiles for 1..30 degrees of freedom.
+_T975 = (
+    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
+)
+_Z975 = 1.959963984540054
+
+
+class SimulationError(ValueError):
+    """Invalid simulation input (counts, budgets, options); the message names it."""
+
+
+def t975(df: int) -> float:
+    """The 0.975 quantile of Student's t with `df` degrees of freedom.
+
+    Exact to 4 decimals from a table up to 30; beyond, the Cornish–Fisher
+    expansion z + (z³+z)/(4ν) + (5z⁵+16z³+3z)/(96ν²) (error < 1e-4).
+    """
+    if df < 1:
+        raise SimulationError(f"t quantile: df = {df}, needs at least 1")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = _Z975
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+class SimulationResult(NamedTuple):
+    """Raw statistics of a simulation, per replication (leading axis R; a further
+    leading axis P of operating points for :func:`simulate_points`).
+
+    - `counts`, `sum_system_time`, `sum_wait`, `correct`: per task type (R, K):
+      counted queries, Σ T, Σ W and correct answers.
+    - `busy_time`: Σ S over counted queries (R,); `elapsed`: Σ of the inter-
+      arrival times after them (R,). Their ratio is the realised utilisation.
+    - `system_times`, `types`: (R, M) every simulated query's T and type
+      (warm-up and padding included, see `warmup`, `queries`), or (R, 0) when
+      not kept; `histogram`: (R, B) counts of counted T in log-spaced bins with
+      edges `bin_edges` (B + 1,) (the first and last bins also take under- and
+      overflow), or (R, 0) when T is kept.
+    - `theory_mean_system_time`, `theory_mean_wait`, `theory_utilization`,
+      `theory_accuracy`: eq. 6, eq. 5, eq. 4 (with the jitter's E[S²]) and
+      Σ π_k p_k(ℓ_k); `service_time`, `task_accuracy`: t_k(ℓ_k), p_k(ℓ_k).
+    - `queries`, `warmup`: the stream length and the dropped warm-up.
+    """
+
+    counts: jax.Array
+    sum_system_time: jax.Array
+    sum_wait: jax.Array
+    correct: jax.Array
+    busy_time: jax.Array
+    elapsed: jax.Array
+    system_times: jax.Array
+    types: jax.Array
+    histogram: jax.Array
+    bin_edges: jax.Array
+    theory_mean_system_time: jax.Array
+    theory_mean_wait: jax.Array
+    theory_utilization: jax.Array
+    theory_accuracy: jax.Array
+    service_time: jax.Array
+    task_accuracy: jax.Array
+    queries: int
+    warmup: int
+
+    @property
+    def stable(self):
+        """λ E[S] < 1 (eq. 4)."""
+        return self.theory_utilization < 1
+
+    def replication_means(self):
+        """Mean system time of each replication, shape (..., R)."""
+        return jnp.sum(self.sum_system_time, -1) / jnp.sum(self.counts, -1)
+
+
+def _theory(problem: Problem, budgets, service_cv):
+    lam = problem.arrival_rate
+    m1, m2 = moments(problem, budgets)
+    m2 = m2 * (1.0 + service_cv**2)
+    p = task_accuracy(problem, budgets)
+    return (
+        mean_system_time(lam, m1, m2),
+        mean_wait(lam, m1, m2),
+        utilization(lam, m1),
+        jnp.sum(problem.prob * p, -1),
+        m1,
+    )
+
+
+def _one_replication(problem, budgets, key, service_cv, *, queries, warmup, chunk, nchunks, jitter, store, bins):
+    """Simulate one replication; `key` is that replication's key."""
+    t = service_times(problem, budgets)
+    p = jnp.clip(task_accuracy(problem, budgets), 0.0, 1.0)
+    dtype = t.dtype
+    K = t.shape[-1]
+    cum = jnp.cumsum(problem.prob)
+    cum = cum / cum[-1]
+    lam = problem.arrival_rate
+    sigma2 = jnp.log1p(jnp.asarray(service_cv, dtype) ** 2)
+    sigma = jnp.sqrt(sigma2)
+    *_, m1 = _theory(problem, budgets, service_cv)
+    scale = jnp.maximum(m1, jnp.finfo(dtype).tiny)
+    log_lo = jnp.log(scale) - _DECADES_BELOW * math.log(10.0)
+    dlog = (_DECADES_BELOW + _DECADES_ABOVE) * math.log(10.0) / bins
+    edges = jnp.exp(log_lo + dlog * jnp.arange(bins + 1, dtype=dtype))
+    eps = jnp.finfo(dtype).eps
+
+    def step(w, x):
+        s, a, valid = x
+        total = w + s
+        return jnp.where(valid, jnp.maximum(total - a, 0.0), w), (w, total)
+
+    def chunk_body(carry, c):
+        w, counts, sum_t, sum_w, correct, busy, elapsed, hist = carry
+        idx = c * chunk + jnp.arange(chunk)
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(key, idx)
+        u = jax.vmap(lambda k: jax.random.uniform(k, (4,), dtype))(keys)
+        inter = -jnp.log1p(-u[:, 0]) / lam
+        kind = jnp.minimum(jnp.searchsorted(cum, u[:, 1], side="right"), K - 1)
+        s = t[kind]
+        if jitter:
+            z = ndtri(jnp.clip(u[:, 3], eps, 1.0 - eps))
+            s = s * jnp.exp(sigma * z - 0.5 * sigma2)
+        right = u[:, 2] < p[kind]
+        valid = idx < queries
+        counted = valid & (idx >= warmup)
+        w, (wq, tq) = lax.scan(step, w, (s, inter, valid), unroll=8)
+        onehot = (kind[:, None] == jnp.arange(K)) & counted[:, None]
+        counts = counts + jnp.sum(onehot, 0, dtype=counts.dtype)
+        sum_t = sum_t + jnp.sum(jnp.where(onehot, tq[:, None], 0.0), 0)
+        sum_w = sum_w + jnp.sum(jnp.where(onehot, wq[:, None], 0.0), 0)
+        correct = correct + jnp.sum(onehot & right[:, None], 0, dtype=correct.dtype)
+        busy = busy + jnp.sum(jnp.where(counted, s, 0.0))
+        elapsed = elapsed + jnp.sum(jnp.where(counted, inter, 0.0))
+        if store:
+            out = (tq, kind.astype(jnp.int32))
+        else:
+            logt = jnp.log(jnp.maximum(tq, jnp.finfo(dtype).tiny))
+            b = jnp.clip(jnp.floor((logt - log_lo) / dlog), 0, bins - 1).astype(jnp.int32)
+            hist = hist.at[b].add(counted.astype(hist.dtype))
+            out = None
+        return (w, counts, sum_t, sum_w, correct, busy, elapsed, hist), out
+
+    zero = jnp.zeros((), dtype)
+    init = (
+        zero,
+        jnp.zeros(K, jnp.int32),
+        jnp.zeros(K, dtype),
+        jnp.zeros(K, dtype),
+        jnp.zeros(K, jnp.int32),
+        zero,
+        zero,
+        jnp.zeros(0 if store else bins, jnp.int32),
+    )
+    (_, counts, sum_t, sum_w, correct, busy, elapsed, hist), out = lax.scan(
+        chunk_body, init, jnp.arange(nchunks)
+    )
+    if store:
+        times, kinds = out[0].reshape(-1), out[1].reshape(-1)
+    else:
+        times, kinds = jnp.zeros(0, dtype), jnp.zeros(0, jnp.int32)
+    return counts, sum_t, sum_w, correct, busy, elapsed, times, kinds, hist, edges
+
+
+@partial(
+    jax.jit,
+    static_argnames=("replications", "queries", "warmup", "chunk", "nchunks", "jitter", "store", "bins"),
+)
+def _simulate_jit(problem, budgets, key, service_cv, *, replications, **static):
+    rep_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(replications))
+    run = jax.vmap(
+        lambda k: _one_replication(problem, budgets, k, service_cv, **static)
+    )
+    counts, sum_t, sum_w, correct, busy, elapsed, times, kinds, hist, edges = run(rep_keys)
+    theory = _theory(problem, budgets, service_cv)
+    t = service_times(problem, budgets)
+    p = task_accuracy(problem, budgets)
+    return (counts, sum_t, sum_w, correct, busy, elapsed, times, kinds, hist, edges[0]), theory[:4], t, p
+
+
+def _check_int(name: str, value, lo: int) -> int:
+    if isinstance(value, bool) or int(value) != value or value < lo:
+        raise SimulationError(f"{name} = {value}: must be an integer >= {lo}")
+    return int(value)
+
+
+def _check(problem: Problem, budgets, queries, replications, warmup, service_cv, chunk, bins):
+    queries = _check_int("queries", queries, 1)
+    replications = _check_int("replications", replications, 1)
+    warmup = _check_int("warmup", warmup, 0)
+    if warmup >= queries:
+        raise SimulationError(f"warmup = {warmup}: must be below queries = {queries}")
+    chunk = _check_int("chunk", chunk, 1)
+    bins = _check_int("bins", bins, 1)
+    if not (math.isfinite(service_cv) and service_cv >= 0):
+        raise SimulationError(f"service_cv = {service_cv}: must be finite and >= 0")
+    b = np.asarray(budgets, dtype=np.float64)
+    n = problem.num_tasks
+    if b.shape[-1:] != (n,):
+        raise SimulationError(f"budgets: {b.shape[-1] if b.ndim else 1} values for {n} tasks")
+    if not np.all(np.isfinite(b)):
+        raise SimulationError(f"budgets = {b.tolist()}: must be finite")
+    if np.any(b < 0):
+        raise SimulationError(f"budgets = {b.tolist()}: must be >= 0")
+    cap = np.asarray(problem.max_tokens, dtype=np.float64)
+    if np.any(b > cap[..., None] if cap.ndim else b > cap):
+        raise SimulationError(f"budgets = {b.tolist()}: exceed max_tokens = {cap.tolist()}")
+    return queries, replications, warmup, chunk, bins
+
+
+def _run(problem, budgets, queries, replications, seed, warmup, service_cv, chunk, store_limit, bins, points):
+    queries, replications, warmup, chunk, bins = _check(
+        problem, budgets, queries, replications, warmup, service_cv, chunk, bins
+    )
+    chunk = min(chunk, queries)
+    nchunks = -(-queries // chunk)
+    store = replications * nchunks * chunk * max(points, 1) <= store_limit
+    static = dict(
+        replications=replications, queries=queries, warmup=warmup, chunk=chunk, nchunks=nchunks,
+        jitter=service_cv > 0, store=store, bins=bins,
+    )
+    dtype = problem.A.dtype
+    budgets = jnp.asarray(budgets, dtype)
+    key = jax.random.key(seed)
+    cv = jnp.asarray(service_cv, dtype)
+    fn = partial(_simulate_jit, **static)
+    if points:
+        fn = jax.vmap(fn, in_axes=(0, 0, None, None))
+    raw, theory, t, p = fn(problem, budgets, key, cv)
+    return SimulationResult(*raw, *theory, t, p, queries, warmup)
+
+
+def simulate(
+    problem: Problem,
+    budgets,
+    *,
+    queries: int = 10_000,
+    replications: int = 100,
+    seed: int = 0,
+    warmup: int = 0,
+    service_cv: float = 0.0,
+    chunk: int = DEFAULT_CHUNK,
+    store_limit: int = DEFAULT_STORE_LIMIT,
+    bins: int = DEFAULT_BINS,
+) -> SimulationResult:
+    """Simulate the M/G/1 FIFO server at `budgets` (see the module docstring).
+
+    **Arguments:**
+
+    - `problem`: a concrete :class:`Problem` (one operating point).
+    - `budgets`: ℓ, shape (N,), in [0, ℓ_max] (need not be integers).
+    - `queries`: queries per replication, warm-up included.
+    - `replications`: independent replications (vmapped).
+    - `seed`: integer seed; equal seeds give identical results.
+    - `warmup`: first queries of each replication left out of the statistics.
+    - `service_cv`: coefficient of variation of a lognormal service-time
+      factor with mean 1; 0 (default) is the paper's deterministic service.
+    - `chunk`: queries per chunk (memory O(replications × chunk)); the result
+      does not depend on it beyond rounding.
+    - `store_limit`: keep every system time (exact quantiles) while
+      replications × queries (rounded up to whole chunks) stays within it;
+      beyond, use `bins` log-spaced histogram bins.
+
+    **Returns:** a :class:`SimulationResult`; :func:`simulation_report` turns
+    it into numbers. Raises :class:`SimulationError` for bad input.
+    """
+    return _run(problem, budgets, queries, replications, seed, warmup, service_cv, chunk, store_limit, bins, 0)
+
+
+def simulate_points(
+    problems: Problem,
+    budgets,
+    *,
+    queries: int = 10_000,
+    replications: int = 100,
+    seed: int = 0,
+    warmup: int = 0,
+    service_cv: float = 0.0,
+    chunk: int = DEFAULT_CHUNK,
+    store_limit: int = DEFAULT_STORE_LIMIT,
+    bins: int = DEFAULT_BINS,
+) -> SimulationResult:
+    """:func:`simulate` vmapped over P operating points.
+
+    `problems` has every numeric leaf with a leading axis P (e.g. stacked with
+    ``jax.tree.map(lambda *x: jnp.stack(x), *ps)``), `budgets` shape (P, N).
+    Every point sees the same random streams. The array fields of the result
+    gain a leading axis P; take one point with :func:`point`.
+    """
+    budgets = jnp.asarray(budgets)
+    if budgets.ndim != 2:
+        raise SimulationError(f"budgets: shape {budgets.shape}, expected (points, tasks)")
+    return _run(
+        problems, budgets, queries, replications, seed, warmup, service_cv, chunk, store_limit, bins,
+        budgets.shape[0],
+    )
+
+
+def point(result: SimulationResult, i: int) -> SimulationResult:
+    """Operating point `i` of a :func:`simulate_points` result."""
+    arrays = [x[i] for x in result[:-2]]
+    return SimulationResult(*arrays, result.queries, result.warmup)
+
+
+def _ratio_ci(sums: np.ndarray, counts: np.ndarray):
+    """Pooled ratio Σsums/Σcounts and its 95% t interval across replications."""
+    total = counts.sum()
+    if total == 0:
+        return math.nan, (math.nan, math.nan)
+    est = sums.sum() / total
+    r = len(sums)
+    if r < 2:
+        return est, (math.nan, math.nan)
+    resid = sums - est * counts
+    se = math.sqrt(float(np.sum(resid**2)) / (r * (r - 1))) / (total / r)
+    h = t975(r - 1) * se
+    return est, (est - h, est + h)
+
+
+def _wilson(x: float, n: float):
+    """95% Wilson score interval of a binomial proportion x/n."""
+    if n == 0:
+        return math.nan, (math.nan, math.nan)
+    z = _Z975
+    ph = x / n
+    den = 1 + z * z / n
+    mid = (ph + z * z / (2 * n)) / den
+    h = z * math.sqrt(ph * (1 - ph) / n + z * z / (4 * n * n)) / den
+    lo = 0.0 if x == 0 else max(mid - h, 0.0)  # exact ends: rounding must not exclude p = 0 or 1
+    hi = 1.0 if x == n else min(mid + h, 1.0)
+    return ph, (lo, hi)
+
+
+def _quantiles(result: SimulationResult, qs=(0.5, 0.95, 0.99)):
+    """Overall quantiles and, when T is kept, per-type quantiles."""
+    K = result.counts.shape[-1]
+    if result.system_times.shape[-1]:
+        q, w = result.queries, result.warmup
+        times = np.asarray(result.system_times)[:, w:q].ravel()
+        kinds = np.asarray(result.types)[:, w:q].ravel()
+        overall = np.quantile(times, qs).tolist()
+        per = []
+        for k in range(K):
+            tk = times[kinds == k]
+            per.append(np.quantile(tk, qs).tolist() if tk.size else [math.nan] * len(qs))
+        return overall, per, "exact"
+    hist = np.asarray(result.histogram).sum(0).astype(np.float64)
+    edges = np.asarray(result.bin_edges)
+    cdf = np.cumsum(hist) / hist.sum()
+    overall = []
+    for q in qs:
+        i = int(np.searchsorted(cdf, q, side="left"))
+        before = cdf[i - 1] if i > 0 else 0.0
+        frac = (q - before) / max(cdf[i] - before, 1e-300)
+        overall.append(float(edges[i] * (edges[i + 1] / edges[i]) ** frac))
+    return overall, None, "histogram"
+
+
+def simulation_report(problem: Problem, budgets, result: SimulationResult, service_cv: float = 0.0) -> dict[str, Any]:
+    """The contract's JSON fields for one simulated operating point.
+
+    Contract keys: `mean_system_time`, `mean_system_time_ci95` ([lo, hi]),
+    `theory_mean_system_time`, `p50`, `p95`, `p99`, `accuracy`,
+    `utilization` (realised). Also `stable`, `status` and `message`, the
+    wait (`mean_wait`, its interval and theory), `accuracy_ci95`,
+    `theory_accuracy`, `theory_utilization`, `quantiles` ("exact" or
+    "histogram") and `per_task` (one dict per task type). When the queue is
+    unstable every system-time figure is null; with one replication the
+    intervals are null (no spread to estimate). Non-finite numbers are null.
+    """
+    counts = np.asarray(result.counts, dtype=np.float64)
+    sum_t = np.asarray(result.sum_system_time)
+    sum_w = np.asarray(result.sum_wait)
+    correct = np.asarray(result.correct, dtype=np.float64)
+    R, K = counts.shape
+    stable = bool(result.stable)
+    names = list(problem.names) or [f"task{k}" for k in range(K)]
+    mean_t, ci_t = _ratio_ci(sum_t.sum(1), counts.sum(1))
+    mean_w, ci_w = _ratio_ci(sum_w.sum(1), counts.sum(1))
+    acc, acc_ci = _wilson(correct.sum(), counts.sum())
+    overall_q, per_q, qkind = _quantiles(result)
+    busy, elapsed = float(np.sum(result.busy_time)), float(np.sum(result.elapsed))
+    rho = float(result.theory_utilization)
+    theory_w = float(result.theory_mean_wait)
+    st = (lambda v: json_number(v) if stable else None)
+    per_task = []
+    for k in range(K):
+        mk, cik = _ratio_ci(sum_t[:, k], counts[:, k])
+        wk, ciwk = _ratio_ci(sum_w[:, k], counts[:, k])
+        ak, acik = _wilson(correct[:, k].sum(), counts[:, k].sum())
+        tk = float(result.service_time[k])
+        entry = {
+            "task": names[k],
+            "budget": float(np.asarray(budgets)[k]),
+            "share": json_number(counts[:, k].sum() / counts.sum()),
+            "prob": float(problem.prob[k]),
+            "service_time": tk,
+            "queries": int(counts[:, k].sum()),
+            "mean_system_time": st(mk),
+            "mean_system_time_ci95": [st(cik[0]), st(cik[1])],
+            "theory_mean_system_time": json_number(theory_w + tk),
+            "mean_wait": st(wk),
+            "mean_wait_ci95": [st(ciwk[0]), st(ciwk[1])],
+            "accuracy": json_number(ak),
+            "accuracy_ci95": [json_number(acik[0]), json_number(acik[1])],
+            "theory_accuracy": float(result.task_accuracy[k]),
+        }
+        for name, i in (("p50", 0), ("p95", 1), ("p99", 2)):
+            entry[name] = st(per_q[k][i]) if per_q is not None else None
+        per_task.append(entry)
+    if stable:
+        status, message = "stable", ""
+    else:
+        status = "unstable"
+        message = (
+            f"queue unstable: utilization λE[S] = {rho:.4g} >= 1, waits grow without bound; "
+            "the simulated mean system time only reflects the run length and is not reported"
+        )
+    return {
+        "mean_system_time": st(mean_t),
+        "mean_system_time_ci95": [st(ci_t[0]), st(ci_t[1])],
+        "theory_mean_system_time": json_number(result.theory_mean_system_time),
+        "p50": st(overall_q[0]),
+        "p95": st(overall_q[1]),
+        "p99": st(overall_q[2]),
+        "accuracy": json_number(acc),
+        "accuracy_ci95": [json_number(acc_ci[0]), json_number(acc_ci[1])],
+        "theory_accuracy": float(result.theory_accuracy),
+        "utilization": json_number(busy / elapsed) if elapsed > 0 else None,
+        "theory_utilization": rho,
+        "mean_wait": st(mean_w),
+        "mean_wait_ci95": [st(ci_w[0]), st(ci_w[1])],
+        "theory_mean_wait": json_number(theory_w),
+        "stable": stable,
+        "status": status,
+        "message": message,
+        "quantiles": qkind,
+        "tasks": names,
+        "budgets": [float(x) for x in np.asarray(budgets)],
+        "queries": result.queries,
+        "warmup": result.warmup,
+        "replications": R,
+        "service_cv": float(service_cv),
+        "arrival_rate": float(problem.arrival_rate),
+        "per_task": per_task,
+    }
+
+
+def format_simulation_report(report: dict[str, Any], title: str = "") -> str:
+    """A table for people."""
+
+    def f(v, spec=".4f"):
+        return "—" if v is None else format(v, spec)
+
+    def ci(pair, spec=".4f"):
+        return "—" if pair[0] is None else f"[{f(pair[0], spec)}, {f(pair[1], spec)}]"
+
+    lines = [title] if title else []
+    lines.append(
+        f"λ = {report['arrival_rate']:g}/s, {report['replications']} replications × {report['queries']} queries"
+        f" (warm-up {report['warmup']}), service cv = {report['service_cv']:g}, quantiles: {report['quantiles']}"
+    )
+    width = max([4, *(len(n) for n in report["tasks"])])
+    lines.append(
+        f"{'task':<{width}}  {'budget':>8}  {'share':>6}  {'E[T] sim':>9}  {'E[T] P-K':>9}  {'p95':>9}  "
+        f"{'accuracy':>8}  {'p_k(ℓ_k)':>8}"
+    )
+    for t in report["per_task"]:
+        lines.append(
+            f"{t['task']:<{width}}  {t['budget']:>8g}  {f(t['share'], '.3f'):>6}  {f(t['mean_system_time']):>9}  "
+            f"{f(t['theory_mean_system_time']):>9}  {f(t['p95']):>9}  {f(t['accuracy']):>8}  "
+            f"{t['theory_accuracy']:>8.4f}"
+        )
+    lines += [
+        f"mean system time      {f(report['mean_system_time'])} s, 95% CI {ci(report['mean_system_time_ci95'])}",
+        f"Pollaczek–Khinchine   {f(report['theory_mean_system_time'])} s",
+        f"mean wait             {f(report['mean_wait'])} s, 95% CI {ci(report['mean_wait_ci95'])}"
+        f" (theory {f(report['theory_mean_wait'])})",
+        f"p50 / p95 / p99       {f(report['p50'])} / {f(report['p95'])} / {f(report['p99'])} s",
+        f"accuracy              {f(report['accuracy'])}, 95% CI {ci(report['accuracy_ci95'])}"
+        f" (theory {report['theory_accuracy']:.4f})",
+        f"utilization           {f(report['utilization'])} (theory {report['theory_utilization']:.4f})",
+    ]
+    if not report["stable"]:
+        lines.append(f"UNSTABLE: {report['message']}")
+    return "\n".join(lines)
