@@ -55,6 +55,8 @@ def _build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--alpha", type=float, metavar="Y", help="override α (accuracy weight)")
     sim.add_argument("--max-tokens", type=float, metavar="L", help="override ℓ_max")
     sim.add_argument("--json", action="store_true", help="print JSON for programs")
+    sim.add_argument("--plot", metavar="FILE.png",
+                     help="also write a histogram of the system times (PNG; needs matplotlib: jaxalloc[plots])")
     return parser
 
 
@@ -107,6 +109,15 @@ def _cmd_simulate(args) -> int:
 
     from .simulate import SimulationError, format_simulation_report, simulate, simulation_report
 
+    if args.plot is not None:  # fail before simulating: no matplotlib, or nowhere to write
+        import os
+
+        from .plots import PlotError, _pyplot
+
+        _pyplot()
+        folder = os.path.dirname(os.path.abspath(args.plot))
+        if not os.path.isdir(folder):
+            raise PlotError(f"--plot: cannot write {args.plot}: no such directory {folder}")
     problem, name = _load(args.profile, args)
     if args.budgets is not None:
         budgets = np.asarray(_parse_budgets(args.budgets))
@@ -126,6 +137,14 @@ def _cmd_simulate(args) -> int:
         warmup=args.warmup, service_cv=args.service_cv,
     )
     report = simulation_report(problem, budgets, result, service_cv=args.service_cv)
+    if args.plot is not None:
+        from .plots import plot_system_time_histogram
+
+        plot_system_time_histogram(
+            result, report, args.plot,
+            title=f"jaxalloc simulate: {name}, λ = {float(problem.arrival_rate):g}/s, "
+                  f"{report['replications']} × {report['queries']} queries",
+        )
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -25,8 +25,13 @@ def service_times(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array,
 
 
 def task_accuracy(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, " N"]:
-    """p_k(ℓ_k) = A_k (1 − e^{−b_k ℓ_k}) + D_k (eq. 2)."""
-    return -problem.A * jnp.expm1(-problem.b * budgets) + problem.D
+    """p_k(ℓ_k) = A_k (1 − e^{−b_k ℓ_k}) + D_k (eq. 2).
+
+    Written with `exp`, not `expm1`: JAX differentiates expm1(x) as
+    expm1(x) + 1, which cancels for large b_k ℓ_k and leaves the gradient and
+    Hessian with an absolute rather than a relative error there.
+    """
+    return problem.A * (1.0 - jnp.exp(-problem.b * budgets)) + problem.D
 
 
 def mean_accuracy(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, ""]:

@@ -12,19 +12,27 @@ E[S²] = Σ π_k t_k² (1 + cv²), which is what the theory value uses.
 W_{n+1} = max(0, W_n + S_n − A_{n+1}) (A: exponential inter-arrival times),
 and system times are T_n = W_n + S_n; the first query finds the server idle.
 The stream is cut into chunks of `chunk` queries: an outer ``lax.scan`` over
-chunks carries the wait W and running sums, an inner ``lax.scan`` runs the
-recursion within a chunk. Memory is O(replications × chunk), whatever the
+chunks carries the wait W and running sums, an inner ``lax.scan`` runs only the
+recursion W ← max(0, W + S − A) within a chunk; the statistics are computed
+vectorised on the chunk's arrays after it. Memory is O(replications × chunk), whatever the
 number of queries, unless system times are kept for exact quantiles (below).
 Replications are ``jax.vmap``-ed (:func:`simulate`), and so are operating
 points (:func:`simulate_points`); everything is one ``jax.jit`` call.
 
-**Random numbers.** Query n of replication r draws its four uniforms (inter-
-arrival, task type, correctness, jitter) from
-``fold_in(fold_in(key(seed), r), n)``: they depend on (seed, r, n) only, so a
-result does not depend on the chunk size (up to the summation order of the
-statistics) and replication r is the same stream whatever `replications` is.
-All operating points of :func:`simulate_points` share the streams (common
-random numbers).
+**Random numbers.** The stream of replication r is cut into blocks of
+``RNG_BLOCK`` (256) queries; block b draws all its random bits at once,
+``bits(fold_in(fold_in(key(seed), r), b), (rows, 256))`` (Threefry, 32-bit
+words): row 0 gives the inter-arrival time, row 1 the task type, row 2 (only
+with `service_cv` > 0) the jitter. A word w becomes the uniform (w + ½) 2⁻³²
+(fewer bits in float32), exact and strictly inside (0, 1). Correctness reuses
+row 1: given type k, the position of that uniform within type k's interval
+[Σ_{j<k} π_j, Σ_{j≤k} π_j) is again uniform, and the answer is correct when it
+falls below p_k (resolution 2⁻³²/π_k). Hence a query's numbers depend on
+(seed, r, n) only: `chunk` must be a multiple of ``RNG_BLOCK``, and then a
+result does not depend on it (up to the summation order of the statistics),
+and replication r is the same stream whatever `replications` is. All
+operating points of :func:`simulate_points` share the streams (common random
+numbers).
 
 **Statistics.** Warm-up queries (the first `warmup`) are simulated but left
 out of every statistic. Means come with 95% confidence intervals across
@@ -59,7 +67,8 @@ from .model import Problem
 from .report import json_number
 from .objective import mean_system_time, mean_wait, moments, service_times, task_accuracy, utilization
 
-DEFAULT_CHUNK = 4096
+DEFAULT_CHUNK = 512
+RNG_BLOCK = 256  # queries per random-number block; `chunk` must be a multiple
 DEFAULT_STORE_LIMIT = 1 << 22
 DEFAULT_BINS = 2048
 _DECADES_BELOW, _DECADES_ABOVE = 4.0, 8.0  # histogram range around E[S]
@@ -161,6 +170,8 @@ def _one_replication(problem, budgets, key, service_cv, *, queries, warmup, chun
     K = t.shape[-1]
     cum = jnp.cumsum(problem.prob)
     cum = cum / cum[-1]
+    lower = jnp.concatenate([jnp.zeros(1, dtype), cum[:-1]])
+    width = cum - lower
     lam = problem.arrival_rate
     sigma2 = jnp.log1p(jnp.asarray(service_cv, dtype) ** 2)
     sigma = jnp.sqrt(sigma2)
@@ -169,33 +180,41 @@ def _one_replication(problem, budgets, key, service_cv, *, queries, warmup, chun
     log_lo = jnp.log(scale) - _DECADES_BELOW * math.log(10.0)
     dlog = (_DECADES_BELOW + _DECADES_ABOVE) * math.log(10.0) / bins
     edges = jnp.exp(log_lo + dlog * jnp.arange(bins + 1, dtype=dtype))
-    eps = jnp.finfo(dtype).eps
 
-    def step(w, x):
-        s, a, valid = x
-        total = w + s
-        return jnp.where(valid, jnp.maximum(total - a, 0.0), w), (w, total)
+    B = RNG_BLOCK
+    nblocks = chunk // B
+    rows = 3 if jitter else 2
+    # uniforms from `ubits` random bits, exact in `dtype` and strictly inside (0, 1)
+    ubits = min(32, jnp.finfo(dtype).nmant + 1)
+    uscale = 2.0**-ubits
+
+    def step(w, d):
+        return jnp.maximum(w + d, 0.0), w
 
     def chunk_body(carry, c):
         w, counts, sum_t, sum_w, correct, busy, elapsed, hist = carry
         idx = c * chunk + jnp.arange(chunk)
-        keys = jax.vmap(jax.random.fold_in, (None, 0))(key, idx)
-        u = jax.vmap(lambda k: jax.random.uniform(k, (4,), dtype))(keys)
-        inter = -jnp.log1p(-u[:, 0]) / lam
-        kind = jnp.minimum(jnp.searchsorted(cum, u[:, 1], side="right"), K - 1)
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(key, c * nblocks + jnp.arange(nblocks))
+        bits = jax.vmap(lambda k: jax.random.bits(k, (rows, B), jnp.uint32))(keys)  # (nblocks, rows, B)
+        if ubits < 32:
+            bits = bits >> (32 - ubits)
+        u = (bits.astype(dtype) + 0.5) * uscale
+        u = jnp.moveaxis(u, 1, 0).reshape(rows, chunk)
+        inter = -jnp.log(u[0]) / lam
+        kind = jnp.minimum(jnp.searchsorted(cum, u[1], side="right", method="compare_all"), K - 1)
         s = t[kind]
         if jitter:
-            z = ndtri(jnp.clip(u[:, 3], eps, 1.0 - eps))
-            s = s * jnp.exp(sigma * z - 0.5 * sigma2)
-        right = u[:, 2] < p[kind]
-        valid = idx < queries
-        counted = valid & (idx >= warmup)
-        w, (wq, tq) = lax.scan(step, w, (s, inter, valid), unroll=8)
-        onehot = (kind[:, None] == jnp.arange(K)) & counted[:, None]
-        counts = counts + jnp.sum(onehot, 0, dtype=counts.dtype)
-        sum_t = sum_t + jnp.sum(jnp.where(onehot, tq[:, None], 0.0), 0)
-        sum_w = sum_w + jnp.sum(jnp.where(onehot, wq[:, None], 0.0), 0)
-        correct = correct + jnp.sum(onehot & right[:, None], 0, dtype=correct.dtype)
+            s = s * jnp.exp(sigma * ndtri(u[2]) - 0.5 * sigma2)
+        # given the type, u[1]'s position within its interval is again uniform on (0, 1)
+        right = (u[1] - lower[kind]) < p[kind] * width[kind]
+        counted = (idx < queries) & (idx >= warmup)
+        w, wq = lax.scan(step, w, s - inter, unroll=8)
+        tq = wq + s
+        onehot = ((kind[:, None] == jnp.arange(K)) & counted[:, None]).astype(dtype)  # (chunk, K)
+        counts = counts + jnp.sum(onehot, 0).astype(counts.dtype)
+        sum_t = sum_t + tq @ onehot
+        sum_w = sum_w + wq @ onehot
+        correct = correct + (right.astype(dtype) @ onehot).astype(correct.dtype)
         busy = busy + jnp.sum(jnp.where(counted, s, 0.0))
         elapsed = elapsed + jnp.sum(jnp.where(counted, inter, 0.0))
         if store:
@@ -257,6 +276,8 @@ def _check(problem: Problem, budgets, queries, replications, warmup, service_cv,
     if warmup >= queries:
         raise SimulationError(f"warmup = {warmup}: must be below queries = {queries}")
     chunk = _check_int("chunk", chunk, 1)
+    if chunk % RNG_BLOCK:
+        raise SimulationError(f"chunk = {chunk}: must be a multiple of {RNG_BLOCK} (the random-number block)")
     bins = _check_int("bins", bins, 1)
     if not (math.isfinite(service_cv) and service_cv >= 0):
         raise SimulationError(f"service_cv = {service_cv}: must be finite and >= 0")
@@ -278,7 +299,7 @@ def _run(problem, budgets, queries, replications, seed, warmup, service_cv, chun
     queries, replications, warmup, chunk, bins = _check(
         problem, budgets, queries, replications, warmup, service_cv, chunk, bins
     )
-    chunk = min(chunk, queries)
+    chunk = min(chunk, -(-queries // RNG_BLOCK) * RNG_BLOCK)  # a multiple of RNG_BLOCK
     nchunks = -(-queries // chunk)
     store = replications * nchunks * chunk * max(points, 1) <= store_limit
     static = dict(
@@ -321,8 +342,9 @@ def simulate(
     - `warmup`: first queries of each replication left out of the statistics.
     - `service_cv`: coefficient of variation of a lognormal service-time
       factor with mean 1; 0 (default) is the paper's deterministic service.
-    - `chunk`: queries per chunk (memory O(replications × chunk)); the result
-      does not depend on it beyond rounding.
+    - `chunk`: queries per chunk (memory O(replications × chunk)), a multiple
+      of ``RNG_BLOCK`` = 256 (else :class:`SimulationError`); the result does
+      not depend on it beyond rounding.
     - `store_limit`: keep every system time (exact quantiles) while
       replications × queries (rounded up to whole chunks) stays within it;
       beyond, use `bins` log-spaced histogram bins.

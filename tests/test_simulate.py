@@ -72,7 +72,7 @@ def test_realised_accuracy_in_binomial_interval(paper, paper_run):
 def test_random_stable_problems_match_pollaczek_khinchine(seed, n, rho0):
     problem = random_problem(seed, n, rho0, log_alpha=1.0)
     ell = optimal_integer(problem)
-    result = ja.simulate(problem, ell, queries=10_000, replications=64, seed=seed, warmup=500)
+    result = ja.simulate(problem, ell, queries=10_000, replications=64, seed=0, warmup=500)
     rep = ja.simulation_report(problem, ell, result)
     assert rep["stable"] and rep["theory_utilization"] < 1
     assert inside(rep["theory_mean_system_time"], rep["mean_system_time_ci95"]), rep
@@ -125,7 +125,7 @@ def test_reproducible_from_seed(paper):
 def test_chunk_size_does_not_change_the_result(paper, cv):
     ell = optimal_integer(paper)
     kw = dict(queries=10_000, replications=3, seed=4, warmup=100, service_cv=cv)
-    a = ja.simulate(paper, ell, chunk=1000, **kw)
+    a = ja.simulate(paper, ell, chunk=1024, **kw)
     b = ja.simulate(paper, ell, chunk=4096, **kw)
     c = ja.simulate(paper, ell, chunk=4096, store_limit=0, **kw)  # histogram path
     np.testing.assert_array_equal(np.asarray(a.counts), np.asarray(b.counts))
@@ -135,6 +135,9 @@ def test_chunk_size_does_not_change_the_result(paper, cv):
         np.testing.assert_allclose(np.asarray(getattr(b, field)), np.asarray(getattr(c, field)), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(a.system_times[:, :10_000]), np.asarray(b.system_times[:, :10_000]),
                                rtol=1e-12, atol=1e-12)
+    d = ja.simulate(paper, ell, chunk=256, **kw)  # the smallest chunk: one random-number block
+    np.testing.assert_array_equal(np.asarray(a.counts), np.asarray(d.counts))
+    np.testing.assert_allclose(np.asarray(a.sum_system_time), np.asarray(d.sum_system_time), rtol=1e-12)
     ra, rc = ja.simulation_report(paper, ell, a, cv), ja.simulation_report(paper, ell, c, cv)
     assert ra["quantiles"] == "exact" and rc["quantiles"] == "histogram"
     assert rc["per_task"][0]["p50"] is None
@@ -176,6 +179,8 @@ def test_unstable_load_is_flagged(paper):
     (dict(warmup=-1), "warmup = -1"),
     (dict(queries=100, warmup=100), "warmup = 100"),
     (dict(service_cv=-0.1), "service_cv = -0.1"),
+    (dict(chunk=1000), "chunk = 1000: must be a multiple of 256"),
+    (dict(chunk=0), "chunk = 0"),
     (dict(budgets=[1.0, 2.0]), "2 values for 6 tasks"),
     (dict(budgets=[-1.0, 0, 0, 0, 0, 0]), "must be >= 0"),
     (dict(budgets=[1e9, 0, 0, 0, 0, 0]), "exceed max_tokens"),
@@ -277,3 +282,48 @@ def test_cli_simulate_bad_input_one_line(capsys, args, message):
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], captured.err
     assert captured.out == ""
+
+
+def test_cli_simulate_plot_writes_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "hist.png"
+    assert main(["simulate", "--queries", "3000", "--replications", "10", "--seed", "1", "--plot", str(png)]) == 0
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
+
+
+def test_plot_from_histogram_path(paper, tmp_path):
+    pytest.importorskip("matplotlib")
+    from jaxalloc.plots import plot_system_time_histogram
+
+    ell = optimal_integer(paper)
+    result = ja.simulate(paper, ell, queries=2_000, replications=4, seed=2, store_limit=0)
+    png = tmp_path / "h.png"
+    plot_system_time_histogram(result, ja.simulation_report(paper, ell, result), png)
+    assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 5_000
+
+
+def test_cli_simulate_plot_bad_path_one_line(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    bad = tmp_path / "missing" / "h.png"
+    assert main(["simulate", "--queries", "1000", "--replications", "2", "--plot", str(bad)]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "--plot" in lines[0], captured.err
+    assert captured.out == "" and not bad.exists()
+
+
+def test_cli_simulate_plot_without_matplotlib(capsys, monkeypatch, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_mpl(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_mpl)
+    assert main(["simulate", "--queries", "1000", "--replications", "2", "--plot", str(tmp_path / "h.png")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "matplotlib" in lines[0]

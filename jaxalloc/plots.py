@@ -1,0 +1,77 @@
+"""Figures (matplotlib is optional: ``pip install jaxalloc[plots]``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+
+class PlotError(ValueError):
+    """matplotlib missing or the figure cannot be written; the message says which."""
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise PlotError("--plot needs matplotlib: pip install 'jaxalloc[plots]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_system_time_histogram(result, report: dict[str, Any], path, title: str = "") -> None:
+    """Histogram of the simulated system times T of `result` (a
+    :class:`~jaxalloc.simulate.SimulationResult` of one operating point), written to `path`.
+
+    Log-spaced bins. With stored times (exact quantiles) the overall density is
+    drawn as bars and each task type as a step line; otherwise the pooled
+    log-spaced histogram of the simulation is drawn. The Pollaczek–Khinchine
+    mean and the simulated mean, p50, p95 and p99 (from `report`, see
+    :func:`~jaxalloc.simulate.simulation_report`) are marked. Raises
+    :class:`PlotError` if matplotlib is missing or `path` cannot be written.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=110)
+    try:
+        names = report["tasks"]
+        if result.system_times.shape[-1]:
+            q, w = result.queries, result.warmup
+            times = np.asarray(result.system_times)[:, w:q].ravel()
+            kinds = np.asarray(result.types)[:, w:q].ravel()
+            pos = times[times > 0]
+            lo, hi = pos.min(), pos.max()
+            edges = np.geomspace(lo, hi * (1 + 1e-9), 81) if hi > lo else np.array([lo * 0.9, lo * 1.1])
+            ax.hist(times, bins=edges, color="0.75", label=f"all ({times.size:,} queries)")
+            for k, name in enumerate(names):
+                tk = times[kinds == k]
+                if tk.size:
+                    ax.hist(tk, bins=edges, histtype="step", lw=1.2, label=f"{name} ({tk.size:,})")
+        else:
+            counts = np.asarray(result.histogram).sum(0)
+            edges = np.asarray(result.bin_edges)
+            nz = np.nonzero(counts)[0]
+            if nz.size:
+                counts, edges = counts[nz[0]: nz[-1] + 1], edges[nz[0]: nz[-1] + 2]
+            ax.stairs(counts, edges, fill=True, color="0.75", label=f"all ({int(counts.sum()):,} queries, histogram)")
+        ax.set_xscale("log")
+        marks = [("theory_mean_system_time", "P-K mean", "k", "-"), ("mean_system_time", "sim. mean", "C3", "--"),
+                 ("p50", "p50", "C0", ":"), ("p95", "p95", "C1", ":"), ("p99", "p99", "C2", ":")]
+        for key, label, color, style in marks:
+            v = report.get(key)
+            if v is not None and math.isfinite(v) and v > 0:
+                ax.axvline(v, color=color, ls=style, lw=1.5, label=f"{label} = {v:.3g} s")
+        ax.set_xlabel("system time T = wait + service (s, log scale)")
+        ax.set_ylabel("queries per bin")
+        ax.set_title(title or "Simulated system times")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        try:
+            fig.savefig(path, format="png")
+        except OSError as err:
+            raise PlotError(f"--plot: cannot write {path}: {err.strerror or err}") from None
+    finally:
+        plt.close(fig)
