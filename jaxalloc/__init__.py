@@ -4,6 +4,7 @@ Implements Ozbas & Bastopcu, "Queueing-Aware Optimization of Reasoning Tokens
 for Accuracy-Latency Trade-offs in LLM Servers", and goes beyond it.
 """
 
+from .implicit import optimal_budgets
 from .lambertw import lambertw, lambertw_log, log_lambertw_log
 from .model import (
     Problem,
@@ -89,6 +90,7 @@ __all__ = [
     "mean_wait",
     "moments",
     "objective",
+    "optimal_budgets",
     "paper_profile",
     "problem_from_dict",
     "problem_to_toml",

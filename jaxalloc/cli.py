@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Sequence
 
@@ -57,22 +58,33 @@ def _build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--json", action="store_true", help="print JSON for programs")
     sim.add_argument("--plot", metavar="FILE.png",
                      help="also write a histogram of the system times (PNG; needs matplotlib: jaxalloc[plots])")
+
+    ver = sub.add_parser("verify", help="check Lemmas 1-3 of the paper on a profile with autodiff")
+    ver.add_argument("profile", nargs="?", help="TOML profile (default: the bundled paper profile)")
+    ver.add_argument("--points", type=int, default=200, help="sampled budget vectors per lemma (default 200)")
+    ver.add_argument("--seed", type=int, default=0, help="sampling seed")
+    ver.add_argument("--json", action="store_true", help="print JSON for programs")
+
+    sens = sub.add_parser("sensitivity", help="J as one task's budget varies (Fig. 4), or l* along a parameter")
+    sens.add_argument("profile", nargs="?", help="TOML profile (default: the bundled paper profile)")
+    sens.add_argument("--task", help="task whose budget varies, others at their optimum (Fig. 4)")
+    sens.add_argument("--param", choices=["arrival_rate", "alpha", "max_tokens"],
+                      help="parameter to vary instead: plots l*(theta) and dl*/dtheta")
+    sens.add_argument("--range", required=True, metavar="START:STOP:NUM", help="values, e.g. 0:1000:101")
+    sens.add_argument("--out", default="sensitivity", metavar="PREFIX", help="writes PREFIX.csv and PREFIX.png")
+    sens.add_argument("--json", action="store_true", help="print JSON for programs")
     return parser
 
 
-def _load(profile: str | None, args):
+def _load(profile: str | None, args, overrides: bool = True):
     import jax
 
     jax.config.update("jax_enable_x64", True)
     from .model import load_profile, paper_profile, validate
 
     problem = paper_profile() if profile is None else load_profile(profile)
-    overrides = {
-        "arrival_rate": args.arrival_rate,
-        "alpha": args.alpha,
-        "max_tokens": args.max_tokens,
-    }
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+    fields = ("arrival_rate", "alpha", "max_tokens") if overrides else ()
+    overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
     if overrides:
         problem = validate(problem.replace(**overrides))
     name = "paper" if profile is None else profile
@@ -155,6 +167,67 @@ def _cmd_simulate(args) -> int:
     return 0
 
 
+def _parse_range(text: str) -> tuple[float, float, int]:
+    """START:STOP:NUM with STOP >= START and NUM >= 1, or a one-line error."""
+    parts = text.split(":")
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        start, stop, num = float(parts[0]), float(parts[1]), int(parts[2])
+    except ValueError:
+        raise _UsageError(f"--range = {text!r}: expected START:STOP:NUM, e.g. 0:1000:101") from None
+    if not (math.isfinite(start) and math.isfinite(stop)) or stop < start or num < 1:
+        raise _UsageError(f"--range = {text!r}: need finite START <= STOP and NUM >= 1")
+    return start, stop, num
+
+
+def _cmd_verify(args) -> int:
+    from .verify import format_verify_report, verify
+
+    problem, name = _load(args.profile, args, overrides=False)
+    if args.points < 1:
+        raise _UsageError(f"--points = {args.points}: must be >= 1")
+    report = verify(problem, points=args.points, seed=args.seed)
+    print(json.dumps(report, indent=2) if args.json else f"jaxalloc verify: {name}\n" + format_verify_report(report))
+    return 0 if report["pass"] else 1
+
+
+def _cmd_sensitivity(args) -> int:
+    import numpy as np
+
+    from .plots import plot_budget_curve, plot_parameter_curve
+    from .sensitivity import budget_curve, parameter_curve, task_index
+
+    if (args.task is None) == (args.param is None):
+        raise _UsageError("sensitivity: give exactly one of --task NAME or --param NAME")
+    problem, name = _load(args.profile, args, overrides=False)
+    start, stop, num = _parse_range(args.range)
+    values = np.linspace(start, stop, num)
+    csv_path, png_path = f"{args.out}.csv", f"{args.out}.png"
+    if args.task is not None:
+        task_index(problem, args.task)  # unknown task: error before any work
+        curve = budget_curve(problem, args.task, values)
+        header = ["budget", "objective", "lower_bound"]
+        rows = np.column_stack([curve["budget"], curve["objective"], curve["lower_bound"]])
+        plot_budget_curve(curve, args.task, png_path, title=f"{name}: J as the {args.task} budget varies")
+        best = float(curve["budget"][int(np.argmax(curve["objective"]))])
+        summary = {"task": args.task, "best_budget_on_grid": best,
+                   "optimal_budget": float(curve["optimum"][problem.names.index(args.task)])}
+    else:
+        curve = parameter_curve(problem, args.param, values)
+        header = [args.param] + [f"budget_{t}" for t in problem.names] + [f"d_budget_{t}" for t in problem.names]
+        rows = np.column_stack([curve["value"], curve["budgets"], curve["derivative"]])
+        plot_parameter_curve(curve, args.param, problem.names, png_path, title=f"{name}: optimal budgets along {args.param}")
+        summary = {"param": args.param}
+    with open(csv_path, "w", encoding="utf-8") as f:
+        f.write(",".join(header) + "\n")
+        for row in rows:
+            f.write(",".join(repr(float(x)) for x in row) + "\n")
+    summary.update(csv=csv_path, png=png_path, points=int(num))
+    print(json.dumps(summary, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .model import ProblemError
 
@@ -169,7 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
-        return {"solve": _cmd_solve, "simulate": _cmd_simulate}[args.command](args)
+        commands = {"solve": _cmd_solve, "simulate": _cmd_simulate, "verify": _cmd_verify,
+                    "sensitivity": _cmd_sensitivity}
+        return commands[args.command](args)
     except (_UsageError, ProblemError, ValueError) as err:  # ValueError: e.g. eq. 39 beyond its N
         message = " ".join(str(err).split())  # exactly one line
         print(f"error: {message}", file=sys.stderr)

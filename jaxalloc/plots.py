@@ -75,3 +75,46 @@ def plot_system_time_histogram(result, report: dict[str, Any], path, title: str 
             raise PlotError(f"--plot: cannot write {path}: {err.strerror or err}") from None
     finally:
         plt.close(fig)
+
+
+def _save(fig, plt, path) -> None:
+    try:
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+    except OSError as err:
+        raise PlotError(f"cannot write {path}: {err.strerror or err}") from None
+    finally:
+        plt.close(fig)
+
+
+def plot_budget_curve(curve: dict, task: str, path, title: str = "") -> None:
+    """The paper's Fig. 4: J as one task's budget varies (others at ℓ*), with the
+    integer lower bound J̄ of eq. 41 dashed and the optimum marked. `curve` is
+    :func:`jaxalloc.sensitivity.budget_curve`'s output."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    ax.plot(curve["budget"], curve["objective"], color="C0", lw=2, label="J(ℓ)")
+    finite = np.isfinite(curve["lower_bound"])
+    ax.plot(curve["budget"][finite], curve["lower_bound"][finite], "--", color="C3", lw=1.5, label="lower bound J̄ (eq. 41)")
+    best = int(np.argmax(curve["objective"]))
+    ax.axvline(curve["budget"][best], color="0.5", ls=":", label=f"best on grid: {curve['budget'][best]:.0f} tokens")
+    ax.set_xlabel(f"{task} reasoning-token budget ℓ (tokens)")
+    ax.set_ylabel("objective J (accuracy weight α × accuracy − seconds)")
+    ax.set_title(title or f"J as the {task} budget varies")
+    ax.legend()
+    _save(fig, plt, path)
+
+
+def plot_parameter_curve(curve: dict, param: str, names, path, title: str = "") -> None:
+    """ℓ*(θ) (top) and dℓ*/dθ by implicit differentiation (bottom), one colour per task."""
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6.5), dpi=110, sharex=True)
+    for k, name in enumerate(names):
+        top.plot(curve["value"], curve["budgets"][:, k], color=f"C{k % 10}", label=name)
+        bottom.plot(curve["value"], curve["derivative"][:, k], color=f"C{k % 10}")
+    top.set_ylabel("optimal budget ℓ* (tokens)")
+    bottom.set_ylabel(f"dℓ*/d{param} (tokens per unit)")
+    bottom.set_xlabel(param)
+    top.set_title(title or f"Optimal budgets along {param}")
+    top.legend(fontsize=8)
+    _save(fig, plt, path)

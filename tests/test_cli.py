@@ -115,3 +115,38 @@ def test_enumeration_beyond_its_limit_is_a_one_line_error(tmp_path, capsys):
     assert len(err) == 1 and "enumeration is limited to N <= 16" in err[0]
     assert main(["solve", str(path), "--json"]) == 0  # auto: the coordinate search
     assert len(json.loads(capsys.readouterr().out)["integer_budgets"]) == 17
+
+
+def test_verify_json(capsys):
+    assert main(["verify", "--points", "30", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["pass"] and report["lemma1"]["largest_eigenvalue"] < 0
+    assert "superlevel set" in report["lemma3"]["region"]
+
+
+def test_sensitivity_writes_csv_and_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")  # the plots extra; installed by the test extra
+    out = tmp_path / "fig4"
+    assert main(["sensitivity", "--task", "GSM8K", "--range", "0:1000:101", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["best_budget_on_grid"] == 340.0  # grid step 10: the optimum is 340.89
+    lines = (tmp_path / "fig4.csv").read_text().splitlines()
+    assert lines[0] == "budget,objective,lower_bound" and len(lines) == 102
+    png = (tmp_path / "fig4.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert main(["sensitivity", "--param", "alpha", "--range", "10:50:9", "--out", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a.csv").read_text().count("\n") == 10
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--task", "GSM8K", "--range", "5:1:3"], "START <= STOP"),
+    (["--task", "GSM8K", "--range", "0:10:0"], "NUM >= 1"),
+    (["--task", "GSM8K", "--range", "a:b:c"], "expected START:STOP:NUM"),
+    (["--task", "MATH", "--range", "0:10:3"], "task = 'MATH': unknown task"),
+    (["--range", "0:10:3"], "exactly one of --task"),
+])
+def test_sensitivity_bad_input(tmp_path, capsys, args, needle):
+    assert main(["sensitivity", *args, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and needle in err[0]
+    assert list(tmp_path.iterdir()) == []
