@@ -203,8 +203,10 @@ def _one_replication(problem, budgets, key, service_cv, *, queries, warmup, chun
         inter = -jnp.log(u[0]) / lam
         kind = jnp.minimum(jnp.searchsorted(cum, u[1], side="right", method="compare_all"), K - 1)
         s = t[kind]
-        if jitter:
+        if jitter == "lognormal":
             s = s * jnp.exp(sigma * ndtri(u[2]) - 0.5 * sigma2)
+        elif jitter == "exponential":  # mean-1 exponential factor: M/M/1 for a single task
+            s = s * -jnp.log(u[2])
         # given the type, u[1]'s position within its interval is again uniform on (0, 1)
         right = (u[1] - lower[kind]) < p[kind] * width[kind]
         counted = (idx < queries) & (idx >= warmup)
@@ -295,16 +297,21 @@ def _check(problem: Problem, budgets, queries, replications, warmup, service_cv,
     return queries, replications, warmup, chunk, bins
 
 
-def _run(problem, budgets, queries, replications, seed, warmup, service_cv, chunk, store_limit, bins, points):
+def _run(problem, budgets, queries, replications, seed, warmup, service_cv, chunk, store_limit, bins, points,
+         exponential=False):
     queries, replications, warmup, chunk, bins = _check(
         problem, budgets, queries, replications, warmup, service_cv, chunk, bins
     )
+    if exponential:
+        if service_cv not in (0.0, 1.0):
+            raise SimulationError(f"service_cv = {service_cv}: exponential service has cv = 1")
+        service_cv = 1.0  # E[S²] = 2 t² for an exponential factor with mean 1
     chunk = min(chunk, -(-queries // RNG_BLOCK) * RNG_BLOCK)  # a multiple of RNG_BLOCK
     nchunks = -(-queries // chunk)
     store = replications * nchunks * chunk * max(points, 1) <= store_limit
     static = dict(
         replications=replications, queries=queries, warmup=warmup, chunk=chunk, nchunks=nchunks,
-        jitter=service_cv > 0, store=store, bins=bins,
+        jitter="exponential" if exponential else ("lognormal" if service_cv > 0 else ""), store=store, bins=bins,
     )
     dtype = problem.A.dtype
     budgets = jnp.asarray(budgets, dtype)
@@ -329,6 +336,7 @@ def simulate(
     chunk: int = DEFAULT_CHUNK,
     store_limit: int = DEFAULT_STORE_LIMIT,
     bins: int = DEFAULT_BINS,
+    exponential_service: bool = False,
 ) -> SimulationResult:
     """Simulate the M/G/1 FIFO server at `budgets` (see the module docstring).
 
@@ -342,6 +350,8 @@ def simulate(
     - `warmup`: first queries of each replication left out of the statistics.
     - `service_cv`: coefficient of variation of a lognormal service-time
       factor with mean 1; 0 (default) is the paper's deterministic service.
+    - `exponential_service`: multiply service times by a mean-1 exponential
+      factor instead (cv = 1; with one task this is the M/M/1 queue).
     - `chunk`: queries per chunk (memory O(replications × chunk)), a multiple
       of ``RNG_BLOCK`` = 256 (else :class:`SimulationError`); the result does
       not depend on it beyond rounding.
@@ -352,7 +362,8 @@ def simulate(
     **Returns:** a :class:`SimulationResult`; :func:`simulation_report` turns
     it into numbers. Raises :class:`SimulationError` for bad input.
     """
-    return _run(problem, budgets, queries, replications, seed, warmup, service_cv, chunk, store_limit, bins, 0)
+    return _run(problem, budgets, queries, replications, seed, warmup, service_cv, chunk, store_limit, bins, 0,
+                exponential_service)
 
 
 def simulate_points(

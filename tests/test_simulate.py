@@ -91,6 +91,20 @@ def test_md1_closed_form():
     assert inside(closed + 1.0, rep["mean_system_time_ci95"])
 
 
+def test_mm1_closed_form():
+    """One task, exponential service with mean 1 s, λ = 0.7: E[T] = 1/(μ − λ) = 10/3 s."""
+    problem = ja.make_problem(arrival_rate=0.7, alpha=1.0, max_tokens=1000.0, A=[0.5], b=[0.01], D=[0.1],
+                              t0=[0.5], c=[0.005])
+    result = ja.simulate(problem, [100.0], queries=20_000, replications=50, seed=2, warmup=2_000,
+                         exponential_service=True)
+    rep = ja.simulation_report(problem, [100.0], result, service_cv=1.0)
+    closed = 1.0 / (1.0 - 0.7)
+    assert rep["theory_mean_system_time"] == pytest.approx(closed, rel=1e-12)
+    assert inside(closed, rep["mean_system_time_ci95"]), rep["mean_system_time_ci95"]
+    with pytest.raises(ja.SimulationError, match="exponential service has cv = 1"):
+        ja.simulate(problem, [100.0], queries=1000, service_cv=0.5, exponential_service=True)
+
+
 def test_lognormal_jitter_matches_pollaczek_khinchine():
     """Service t_k × lognormal(mean 1, cv 1): E[S²] = Σ π t_k² (1 + cv²) in P-K."""
     problem = random_problem(5, 3, 0.4, log_alpha=1.0)
