@@ -72,6 +72,8 @@ def _build_parser() -> argparse.ArgumentParser:
                       help="parameter to vary instead: plots l*(theta) and dl*/dtheta")
     sens.add_argument("--range", required=True, metavar="START:STOP:NUM", help="values, e.g. 0:1000:101")
     sens.add_argument("--out", default="sensitivity", metavar="PREFIX", help="writes PREFIX.csv and PREFIX.png")
+    sens.add_argument("--simulate", type=int, default=0, metavar="K",
+                      help="with --task: also simulate K budgets across the range (10,000 queries x 20 replications)")
     sens.add_argument("--json", action="store_true", help="print JSON for programs")
     return parser
 
@@ -196,20 +198,30 @@ def _cmd_sensitivity(args) -> int:
     import numpy as np
 
     from .plots import plot_budget_curve, plot_parameter_curve
-    from .sensitivity import budget_curve, parameter_curve, task_index
+    from .sensitivity import budget_curve, parameter_curve, simulated_budget_points, task_index
 
     if (args.task is None) == (args.param is None):
         raise _UsageError("sensitivity: give exactly one of --task NAME or --param NAME")
     problem, name = _load(args.profile, args, overrides=False)
     start, stop, num = _parse_range(args.range)
     values = np.linspace(start, stop, num)
+    if args.simulate < 0:
+        raise _UsageError(f"--simulate = {args.simulate}: must be >= 0")
     csv_path, png_path = f"{args.out}.csv", f"{args.out}.png"
     if args.task is not None:
         task_index(problem, args.task)  # unknown task: error before any work
         curve = budget_curve(problem, args.task, values)
         header = ["budget", "objective", "lower_bound"]
         rows = np.column_stack([curve["budget"], curve["objective"], curve["lower_bound"]])
-        plot_budget_curve(curve, args.task, png_path, title=f"{name}: J as the {args.task} budget varies")
+        sim = None
+        if args.simulate:
+            sim = simulated_budget_points(problem, args.task, np.linspace(start, stop, args.simulate))
+            header += ["simulated_objective", "simulated_halfwidth95"]
+            extra = np.full((len(rows), 2), np.nan)
+            near = [int(np.argmin(np.abs(values - b))) for b in sim["budget"]]
+            extra[near, 0], extra[near, 1] = sim["objective"], sim["halfwidth"]
+            rows = np.column_stack([rows, extra])
+        plot_budget_curve(curve, args.task, png_path, title=f"{name}: J as the {args.task} budget varies", simulated=sim)
         best = float(curve["budget"][int(np.argmax(curve["objective"]))])
         summary = {"task": args.task, "best_budget_on_grid": best,
                    "optimal_budget": float(curve["optimum"][problem.names.index(args.task)])}

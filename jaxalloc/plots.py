@@ -87,12 +87,17 @@ def _save(fig, plt, path) -> None:
         plt.close(fig)
 
 
-def plot_budget_curve(curve: dict, task: str, path, title: str = "") -> None:
+def plot_budget_curve(curve: dict, task: str, path, title: str = "", simulated: dict | None = None) -> None:
     """The paper's Fig. 4: J as one task's budget varies (others at ℓ*), with the
-    integer lower bound J̄ of eq. 41 dashed and the optimum marked. `curve` is
-    :func:`jaxalloc.sensitivity.budget_curve`'s output."""
+    integer lower bound J̄ of eq. 41 dashed, the optimum marked, and simulated
+    points with 95% intervals if given. `curve` is
+    :func:`jaxalloc.sensitivity.budget_curve`'s output, `simulated`
+    :func:`jaxalloc.sensitivity.simulated_budget_points`'."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    if simulated is not None:
+        ax.errorbar(simulated["budget"], simulated["objective"], yerr=simulated["halfwidth"], fmt="o", color="k",
+                    ms=4, capsize=3, label="simulated (95% interval)", zorder=3)
     ax.plot(curve["budget"], curve["objective"], color="C0", lw=2, label="J(ℓ)")
     finite = np.isfinite(curve["lower_bound"])
     ax.plot(curve["budget"][finite], curve["lower_bound"][finite], "--", color="C3", lw=1.5, label="lower bound J̄ (eq. 41)")

@@ -61,3 +61,16 @@ def test_budgets_at_the_cap_follow_the_cap():
     np.testing.assert_array_equal(d, at_cap.astype(float))
     d_alpha = jax.jacfwd(lambda a: optimal_budgets(problem.replace(alpha=a)))(float(problem.alpha))
     np.testing.assert_array_equal(d_alpha, np.zeros(3))
+
+
+@pytest.mark.parametrize("solver", [ja.FixedPoint(), ja.AggregateNewton()], ids=["fixed-point", "newton"])
+def test_implicit_equals_forward_mode_through_the_unrolled_iterations(paper, solver):
+    """Forward-mode autodiff through the solver's while_loop iterations converges to the
+    same derivative as the implicit rule, for a tangent that moves every parameter."""
+    rng = np.random.default_rng(1)
+    for problem in (paper, random_problem(2, 6, 0.6, 1.5, b_range=(1e-4, 1e-1))):
+        tangent = jax.tree_util.tree_map(
+            lambda x: jnp.asarray(rng.uniform(0.5, 1.5, np.shape(x))) * jnp.abs(x), problem)
+        unrolled = jax.jvp(lambda p: ja.solve_point(p, solver).budgets, (problem,), (tangent,))[1]
+        implicit = _JVP(problem, tangent)
+        np.testing.assert_allclose(unrolled, implicit, rtol=1e-6, atol=1e-9 * (1 + float(jnp.max(jnp.abs(implicit)))))

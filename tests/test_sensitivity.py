@@ -26,3 +26,14 @@ def test_parameter_curve_derivative_matches_differences(paper):
     np.testing.assert_allclose(curve["derivative"][inner], fd[inner], rtol=1e-3, atol=1e-6)
     with pytest.raises(ja.ProblemError, match="param = 'beta'"):
         parameter_curve(paper, "beta", [1.0])
+
+
+def test_simulated_points_track_the_curve(paper):
+    from jaxalloc.sensitivity import simulated_budget_points
+
+    budgets = np.array([0.0, 341.0, 800.0])
+    sim = simulated_budget_points(paper, "GSM8K", budgets, queries=10_000, replications=20, seed=3)
+    exact = budget_curve(paper, "GSM8K", budgets)["objective"]
+    assert np.all(sim["halfwidth"] > 0) and np.all(sim["halfwidth"] < 0.2)
+    # within 3 half-widths of the 95% interval (about 6 standard errors)
+    assert np.all(np.abs(sim["objective"] - exact) <= 3 * sim["halfwidth"]), (sim, exact)
