@@ -23,6 +23,8 @@ def test_paper_profile_report(paper):
     assert l2["L_inf"] >= 1 and not l2["certifies_contraction"]  # Lemma 2 certifies nothing here
     assert l2["observed_max_jacobian_norm"] <= l2["L_inf"]
     assert l3["entries_within_bound"] and l3["looseness"] >= 1
+    box = l3["largest_box"]  # the lemmas' own box, shrunk until stable (corner at ρ = 0.99)
+    assert "rho_max = 0.99" in box["region"] and box["pass"] and l2["largest_box"]["pass"]
 
 
 def test_small_box_uses_the_papers_region():
