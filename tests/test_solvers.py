@@ -98,7 +98,8 @@ def test_plain_gradient_moderate_conditioning(problem):
         np.testing.assert_allclose(sol.budgets, newton.budgets, atol=1e-6 * scale)
     else:  # too ill-conditioned for 10^6 fixed steps: it must still be monotone and stable
         assert int(sol.status) == ja.Status.MAX_STEPS_REACHED
-        assert float(sol.objective) <= float(newton.objective)
+        best = float(newton.objective)
+        assert float(sol.objective) <= best + 1e-12 * (1 + abs(best))  # J's rounding
         assert float(sol.objective) > float(ja.objective(problem, jnp.zeros_like(problem.A)))
 
 
