@@ -10,6 +10,13 @@ jax.config.update("jax_enable_x64", True)
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run (CI lands only green runs);
+# HYPOTHESIS_PROFILE=random explores new ones.
+settings.register_profile("derandomized", derandomize=True, deadline=None)
+settings.register_profile("random", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "derandomized"))
 
 import jaxalloc as ja
 
