@@ -25,7 +25,7 @@ from jaxtyping import Array, Float
 from .model import Problem
 from .objective import gradient
 from .solve import get_solver, solve_point
-from .solvers.projected_newton import _newton_direction, _woodbury_solve
+from .solvers.projected_newton import _woodbury_solve, hessian_structure
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(0,))
@@ -43,7 +43,7 @@ def _optimal_jvp(solver, primals, tangents):
     dell_bound = jnp.where(at_top, dproblem.max_tokens, 0.0)  # budgets at ℓ_max follow the cap
     # ∂_θ(∇J)·dθ + ∇²J·dℓ_bounds, both as forward-mode derivatives of the autodiff gradient
     _, rhs = jax.jvp(lambda p, x: gradient(p, x), (problem, ell), (dproblem, dell_bound))
-    U, Q, h = _newton_direction(problem, ell, None)
+    U, Q, h = hessian_structure(problem, ell)
     dell_free = _woodbury_solve(U, Q, h, free, rhs)  # (−∇²_FF J)⁻¹ rhs_F
     return ell, jnp.where(free, dell_free, dell_bound)
 

@@ -24,16 +24,16 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..model import Problem
-from ..objective import gradient, mean_accuracy, mean_system_time, moments, objective
+from ..objective import delay_prices, gradient, mean_accuracy, mean_system_time, moments, objective
 from .base import resolve_tol, small_enough
 
 
-def _newton_direction(problem: Problem, ell, g):
-    """(d, h): the projected-Newton direction at ℓ and the diagonal part h of −∇²J."""
+def hessian_structure(problem: Problem, ell):
+    """(U, Q, h) with −∇²J(ℓ) = diag(h) + U Q Uᵀ (see the module docstring)."""
     lam = problem.arrival_rate
     ones = jnp.ones_like(ell)
     m1, m2 = moments(problem, ell)
-    prices = jax.grad(mean_system_time, argnums=(1, 2))(lam, m1, m2)
+    prices = delay_prices(lam, m1, m2)
     Q = jnp.stack([jnp.stack(row) for row in jax.hessian(mean_system_time, argnums=(1, 2))(lam, m1, m2)])
     # separable curvature: accuracy (times α) and the moments' own second derivatives
     acc_curv = jax.jvp(jax.grad(lambda x: problem.alpha * mean_accuracy(problem, x)), (ell,), (ones,))[1]
@@ -45,7 +45,7 @@ def _newton_direction(problem: Problem, ell, g):
 
 def hessian_diagonal(problem: Problem, ell):
     """diag(−∇²J(ℓ)) = h + diag(U Q Uᵀ), in O(N), from the same autodiff pieces."""
-    U, Q, h = _newton_direction(problem, ell, None)
+    U, Q, h = hessian_structure(problem, ell)
     return h + jnp.einsum("ki,ij,kj->k", U, Q, U)
 
 
@@ -90,7 +90,7 @@ class ProjectedNewton(eqx.Module):
         def body(state):
             ell, value, steps, _ = state
             g = gradient(problem, ell)
-            U, Q, h = _newton_direction(problem, ell, g)
+            U, Q, h = hessian_structure(problem, ell)
             # ε-active set: at (or within ε of) a bound with the gradient pushing outward
             eps = jnp.minimum(1e-3 * (1.0 + jnp.abs(ell)), jnp.max(jnp.abs(jnp.clip(g / h, -ell, top - ell))))
             active = ((ell <= eps) & (g < 0)) | ((ell >= top - eps) & (g > 0))
