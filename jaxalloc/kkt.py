@@ -32,27 +32,30 @@ from .model import Problem
 from .objective import delay_prices, moments
 
 
-def best_response(problem: Problem, m1, m2) -> Float[Array, " N"]:
+def log_response_scale(problem: Problem) -> Float[Array, " N"]:
+    """log(α A_k b_k² / c_k²): the part of log(b_k L_k) (eq. 20) that does not
+    depend on the moments. Solvers that call :func:`best_response` in a loop
+    compute it once and pass it in (four logarithms per task per call saved)."""
+    return jnp.log(problem.alpha) + jnp.log(problem.A) + 2.0 * jnp.log(problem.b) - 2.0 * jnp.log(problem.c)
+
+
+def best_response(problem: Problem, m1, m2, log_scale=None) -> Float[Array, " N"]:
     """Budgets ℓ(m1, m2) solving the KKT conditions at the given moments (eqs. 20–23).
 
     **Arguments:**
 
     - `problem`: the problem.
     - `m1`, `m2`: E[S] and E[S²] with λ m1 < 1.
+    - `log_scale`: :func:`log_response_scale` of `problem`, if already known.
 
     **Returns:** ℓ clipped to [0, ℓ_max], shape (N,). The fixed point
     ℓ = best_response(moments(ℓ)) is the optimum ℓ* of (9).
     """
     T1, T2 = delay_prices(problem.arrival_rate, m1, m2)
     b, c = problem.b, problem.c
-    # log(b_k L_k) with L_k of eq. 20
-    log_bL = (
-        jnp.log(problem.alpha)
-        + jnp.log(problem.A)
-        + 2.0 * jnp.log(b)
-        - 2.0 * jnp.log(c)
-        - jnp.log(2.0 * T2)
-    )
+    if log_scale is None:
+        log_scale = log_response_scale(problem)
+    log_bL = log_scale - jnp.log(2.0 * T2)  # log(b_k L_k), L_k of eq. 20
     K = -(T1 + 2.0 * T2 * problem.t0) / (2.0 * T2 * c)  # eq. 21
     s = log_bL - b * K  # log z_k of eq. 22, z_k itself never formed
     log_w = log_lambertw_log(s)  # log W(z), from s, with no logarithm evaluated

@@ -17,16 +17,33 @@ a (λ, α) grid up to α = 1000.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jaxtyping import Array
 
-from ..kkt import best_response
+from ..kkt import best_response, log_response_scale
 from ..model import Problem
 from ..objective import moments
 from .base import resolve_tol
 from .projected_newton import ProjectedNewton
+
+
+class NewtonState(NamedTuple):
+    """Where the Newton iteration of one point stands (see :class:`AggregateNewton`)."""
+
+    m: Array  # current moments (E[S], E[S²])
+    r: Array  # scaled residual F(m) / scale
+    jac: Array  # ∂r/∂m at m
+    ell: Array  # best_response(m)
+    t: Array  # step length for the next trial point (halved on rejection)
+    steps: Array  # trial points evaluated so far
+    done: Array  # converged, or inactive
+    fresh: Array  # m not yet linearised (lazy start)
+    scale: Array  # residual scale: moments at the start plus one token of each task
 
 
 def _solve_2x2(a, rhs):
@@ -45,48 +62,64 @@ class AggregateNewton(eqx.Module):
       by dtype (1e-11 in float64, 2e-5 in float32).
     - `max_steps`: cap on iterations (accepted and rejected trial points) of
       each Newton phase.
+
+    Besides `__call__`, the iteration is exposed in pieces (:meth:`init`,
+    :meth:`advance`, :meth:`running`, :meth:`finish`) so that a batched caller
+    can run every lane a few steps, then give the few slow lanes the rest of
+    the loop on their own (see :func:`jaxalloc.solve.solve_batch`).
     """
 
     tol: float | None = None
     max_steps: int = 40
 
     def __call__(self, problem: Problem, start=None):
-        ell_start = jnp.zeros_like(problem.A) if start is None else start
-        ell, steps, done = self.iterate(problem, ell_start, True)
-        # Safeguard, run only where Newton failed (rare: far starts at large α·A·b
-        # make best_response(m) so steep that the linear model misleads): the
-        # globally convergent projected Newton in ℓ, then Newton again from there.
-        fallback = ProjectedNewton(tol=self.tol)
-        ell_pn, steps_pn, done_pn = fallback(problem, ell_start, ~done)
-        ell_pol, steps_pol, done_pol = self.iterate(problem, ell_pn, ~done, lazy=True)
-        ell = jnp.where(done, ell, jnp.where(done_pol, ell_pol, ell_pn))
-        return ell, steps + steps_pn + steps_pol, done | done_pol | done_pn
+        return self.finish(problem, self.init(problem, start), start)
 
-    def iterate(self, problem: Problem, ell_start, active, lazy=False):
-        """Newton from m = moments(ℓ_start); lanes with `active` False do nothing.
+    def init(self, problem: Problem, start=None, active=True, lazy=False) -> NewtonState:
+        """Newton state at m = moments(ℓ_start); lanes with `active` False are done.
 
-        With `lazy`, the first linearisation happens inside the loop, so that a
+        With `lazy`, the first linearisation is left to the loop, so that a
         batch with no active lane costs nothing.
         """
-        tol = resolve_tol(self.tol, problem.A.dtype)
-        lam = problem.arrival_rate
+        ell_start = jnp.zeros_like(problem.A) if start is None else start
         m0 = jnp.stack(moments(problem, ell_start))
         unit = jnp.sum(problem.prob * problem.c)  # one token of every task, in seconds
         scale = jnp.stack([m0[0] + unit, m0[1] + unit * unit])
+        inactive = ~jnp.asarray(active)
+        one = jnp.asarray(1.0, m0.dtype)
+        if lazy:
+            r0, jac0, ell0 = jnp.ones(2, m0.dtype), -jnp.eye(2, dtype=m0.dtype), ell_start
+            done0, fresh = inactive, jnp.asarray(True)
+        else:
+            jac0, (r0, ell0) = self._linearize(problem, log_response_scale(problem), scale, m0)
+            done0, fresh = self._small(m0, r0, scale) | inactive, jnp.asarray(False)
+        return NewtonState(m0, r0, jac0, ell0, one, jnp.asarray(0), done0, fresh, scale)
 
+    def _linearize(self, problem, log_scale, scale, m):
         def residual(m):
-            ell = best_response(problem, m[0], m[1])
+            ell = best_response(problem, m[0], m[1], log_scale)
             r = (jnp.stack(moments(problem, ell)) - m) / scale
             return r, (r, ell)
 
-        linearize = jax.jacfwd(residual, has_aux=True)
+        return jax.jacfwd(residual, has_aux=True)(m)
 
-        def small(m, r):  # moments consistent to `tol`, relative to their current size
-            return jnp.max(jnp.abs(r) * scale / jnp.maximum(m, scale)) <= tol
+    def _small(self, m, r, scale):
+        """Moments consistent to `tol`, relative to their current size."""
+        tol = resolve_tol(self.tol, m.dtype)
+        return jnp.max(jnp.abs(r) * scale / jnp.maximum(m, scale)) <= tol
 
+    def running(self, state: NewtonState, max_steps: int | None = None):
+        """Whether the loop would take another step from `state`."""
+        cap = self.max_steps if max_steps is None else max_steps
+        return (~state.done) & (state.steps < cap) & jnp.all(jnp.isfinite(state.r))
+
+    def advance(self, problem: Problem, state: NewtonState, max_steps: int | None = None) -> NewtonState:
+        """Iterate from `state` until converged or `max_steps` trial points in all."""
+        lam = problem.arrival_rate
+        log_scale = log_response_scale(problem)  # loop-invariant, hoisted by hand
         floor = jnp.stack(moments(problem, jnp.zeros_like(problem.A)))  # moments at ℓ = 0
 
-        def newton_trial(m, r, jac, t):
+        def newton_trial(m, r, jac, t, scale):
             """m + tδ projected onto moments a stable budget vector can have:
             E[S] between its value at ℓ = 0 and 90% of the way to 1/λ from m,
             E[S²] ≥ max(its value at ℓ = 0, E[S]²) (Jensen)."""
@@ -96,29 +129,39 @@ class AggregateNewton(eqx.Module):
             m2 = jnp.maximum(m[1] + t * delta[1], jnp.maximum(floor[1], m1 * m1))
             return jnp.stack([m1, m2])
 
-        def cond(state):
-            m, r, jac, ell, t, step, done, fresh = state
-            return (~done) & (step < self.max_steps) & jnp.all(jnp.isfinite(r))
-
-        def body(state):
-            m, r, jac, ell, t, step, _, fresh = state
-            m_try = jnp.where(fresh, m, newton_trial(m, r, jac, t))  # fresh: only linearise at m
-            jac_try, (r_try, ell_try) = linearize(m_try)
-            accept = fresh | (jnp.sum(r_try**2) <= (1.0 - 1e-4 * t) * jnp.sum(r**2))
+        def body(s: NewtonState) -> NewtonState:
+            m_try = jnp.where(s.fresh, s.m, newton_trial(s.m, s.r, s.jac, s.t, s.scale))  # fresh: only linearise
+            jac_try, (r_try, ell_try) = self._linearize(problem, log_scale, s.scale, m_try)
+            accept = s.fresh | (jnp.sum(r_try**2) <= (1.0 - 1e-4 * s.t) * jnp.sum(s.r**2))
             keep = lambda new, old: jnp.where(accept, new, old)
-            m, r, jac, ell = keep(m_try, m), keep(r_try, r), keep(jac_try, jac), keep(ell_try, ell)
-            t = jnp.where(accept, 1.0, 0.5 * t)
-            done = small(m, r)
-            return m, r, jac, ell, t, step + 1, done, jnp.zeros_like(fresh)
+            m, r = keep(m_try, s.m), keep(r_try, s.r)
+            return NewtonState(
+                m, r, keep(jac_try, s.jac), keep(ell_try, s.ell), jnp.where(accept, 1.0, 0.5 * s.t),
+                s.steps + 1, self._small(m, r, s.scale), jnp.zeros_like(s.fresh), s.scale,
+            )
 
-        one = jnp.asarray(1.0, m0.dtype)
-        inactive = ~jnp.asarray(active)
-        if lazy:
-            r0, jac0, ell0 = jnp.ones(2, m0.dtype), -jnp.eye(2, dtype=m0.dtype), ell_start
-            done0, fresh = inactive, jnp.asarray(True)
-        else:
-            jac0, (r0, ell0) = linearize(m0)
-            done0, fresh = small(m0, r0) | inactive, jnp.asarray(False)
-        state = (m0, r0, jac0, ell0, one, jnp.asarray(0), done0, fresh)
-        m, r, jac, ell, t, steps, done, _ = lax.while_loop(cond, body, state)
-        return ell, steps, done & small(m, r)
+        return lax.while_loop(lambda s: self.running(s, max_steps), body, state)
+
+    def converged(self, state: NewtonState):
+        return state.done & self._small(state.m, state.r, state.scale)
+
+    def finish(self, problem: Problem, state: NewtonState, start=None):
+        """Run `state` to the end; where Newton fails, :meth:`rescue`.
+
+        **Returns:** (ℓ, steps, converged).
+        """
+        state = self.advance(problem, state)
+        return self.rescue(problem, state.ell, state.steps, self.converged(state), start)
+
+    def rescue(self, problem: Problem, ell, steps, done, start=None):
+        """The safeguard, active only where `done` is False (rare: far starts at
+        large α·A·b make best_response(m) so steep that the linear model
+        misleads): the globally convergent projected Newton in ℓ from `start`,
+        then Newton again from there."""
+        ell_start = jnp.zeros_like(problem.A) if start is None else start
+        fallback = ProjectedNewton(tol=self.tol)
+        ell_pn, steps_pn, done_pn = fallback(problem, ell_start, ~done)
+        polish = self.advance(problem, self.init(problem, ell_pn, ~done, lazy=True))
+        done_pol = self.converged(polish)
+        ell = jnp.where(done, ell, jnp.where(done_pol, polish.ell, ell_pn))
+        return ell, steps + steps_pn + polish.steps, done | done_pol | done_pn
