@@ -75,6 +75,30 @@ def _build_parser() -> argparse.ArgumentParser:
     sens.add_argument("--simulate", type=int, default=0, metavar="K",
                       help="with --task: also simulate K budgets across the range (10,000 queries x 20 replications)")
     sens.add_argument("--json", action="store_true", help="print JSON for programs")
+
+    sw = sub.add_parser("sweep", help="solve a grid of operating points into a Parquet file, with heat maps")
+    sw.add_argument("profile", nargs="?", help="TOML profile (default: the bundled paper profile)")
+    sw.add_argument("--arrival-rate", metavar="START:STOP:NUM", help="λ axis (append :log for geometric spacing)")
+    sw.add_argument("--alpha", metavar="START:STOP:NUM", help="α axis (append :log for geometric spacing)")
+    sw.add_argument("--max-tokens", metavar="START:STOP:NUM", help="ℓ_max axis")
+    sw.add_argument("--axis", action="append", default=[], metavar="FIELD:TASK=START:STOP:NUM",
+                    help="another axis, e.g. b:gsm8k=1e-4:1e-2:50:log or prob:aime=0.05:0.5:10 (repeatable)")
+    sw.add_argument("--out", required=True, metavar="FILE.parquet", help="output Parquet file (one row per point)")
+    sw.add_argument("--method", default="newton", choices=list(METHODS), help="solver (default: newton)")
+    sw.add_argument("--integer", default="auto", choices=["auto", "enumerate", "round", "coordinate"],
+                    help="integer budgets (auto: eq. 39 enumeration up to 8 tasks, coordinate search beyond)")
+    sw.add_argument("--float32", action="store_true", help="solve in float32 (faster; ~0.05 token from float64)")
+    sw.add_argument("--block", type=int, metavar="N", help="points per compiled call and per row group")
+    sw.add_argument("--no-resume", action="store_true", help="start over even if finished blocks of this sweep exist")
+    sw.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="progress bar (default: when stderr is a terminal)")
+    sw.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
+                    help="write FILE.budgets.png (heat maps) and FILE.frontier.png (default: on; needs matplotlib)")
+    sw.add_argument("--coordinator", metavar="HOST:PORT",
+                    help="jax.distributed coordinator: run as one of --num-processes processes")
+    sw.add_argument("--num-processes", type=int, metavar="P", help="processes in a jax.distributed run")
+    sw.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..P-1")
+    sw.add_argument("--json", action="store_true", help="print JSON for programs")
     return parser
 
 
@@ -183,6 +207,68 @@ def _parse_range(text: str) -> tuple[float, float, int]:
     return start, stop, num
 
 
+def _cmd_sweep(args) -> int:
+    from .sweep import parse_range, sweep
+
+    axes = {}
+    for flag, name in (("arrival_rate", "arrival_rate"), ("alpha", "alpha"), ("max_tokens", "max_tokens")):
+        text = getattr(args, flag)
+        if text is not None:
+            axes[name] = parse_range(text, "--" + flag.replace("_", "-"))
+    for spec in args.axis:
+        name, eq, text = spec.partition("=")
+        if not eq:
+            raise _UsageError(f"--axis = {spec!r}: expected FIELD:TASK=START:STOP:NUM")
+        axes[name.strip()] = parse_range(text, f"--axis {name.strip()}")
+    if not axes:
+        raise _UsageError("sweep: give at least one axis (--arrival-rate, --alpha, --max-tokens or --axis)")
+    distributed = [args.coordinator, args.num_processes, args.process_id]
+    if any(v is not None for v in distributed) and not all(v is not None for v in distributed):
+        raise _UsageError("sweep: --coordinator, --num-processes and --process-id go together")
+    if args.num_processes is not None and not 0 <= args.process_id < args.num_processes:
+        raise _UsageError(f"--process-id = {args.process_id}: must be in 0..{args.num_processes - 1}")
+    figures = args.figures and (args.num_processes is None or args.process_id == 0)
+    if figures:
+        from .plots import _pyplot
+
+        _pyplot()  # no matplotlib: fail before sweeping
+    if args.coordinator is not None:  # before anything touches a JAX backend
+        import jax
+
+        try:
+            jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+        except (RuntimeError, ValueError) as err:
+            raise _UsageError(f"--coordinator = {args.coordinator!r}: jax.distributed failed: {err}") from None
+    problem, name = _load(args.profile, args, overrides=False)
+    result = sweep(problem, axes, method=args.method, integer=args.integer,
+                   dtype="float32" if args.float32 else None, out=args.out, resume=not args.no_resume,
+                   progress=args.progress, block=args.block)
+    summary = result.summary()
+    summary["figures"] = []
+    if figures and result.complete:
+        from .plots import plot_sweep_frontier, plot_sweep_heatmaps
+
+        stem = args.out[: -len(".parquet")]
+        summary["figures"].append(plot_sweep_heatmaps(result, f"{stem}.budgets.png", title=name))
+        frontier = plot_sweep_frontier(result, f"{stem}.frontier.png", title=name)
+        if frontier is not None:
+            summary["figures"].append(frontier)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        counts = ", ".join(f"{v:,} {k}" for k, v in summary["status_counts"].items())
+        print(f"jaxalloc sweep: {name}, {summary['points']:,} points "
+              f"({' × '.join(str(n) for n in summary['shape'])}: {', '.join(summary['axes'])})")
+        print(f"  solved {summary['computed_points']:,} points in {summary['seconds']:.2f} s "
+              f"({summary['points_per_second']:,.0f} points/s, {summary['dtype']}, {summary['method']})")
+        print(f"  status: {counts}")
+        print(f"  wrote {summary['path']}" if result.complete else
+              f"  process {args.process_id}: wrote its blocks; process 0 writes {summary['path']}")
+        for fig in summary["figures"]:
+            print(f"  wrote {fig}")
+    return 0
+
+
 def _cmd_verify(args) -> int:
     from .verify import format_verify_report, verify
 
@@ -255,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 0
         commands = {"solve": _cmd_solve, "simulate": _cmd_simulate, "verify": _cmd_verify,
-                    "sensitivity": _cmd_sensitivity}
+                    "sensitivity": _cmd_sensitivity, "sweep": _cmd_sweep}
         return commands[args.command](args)
     except (_UsageError, ProblemError, ValueError) as err:  # ValueError: e.g. eq. 39 beyond its N
         message = " ".join(str(err).split())  # exactly one line

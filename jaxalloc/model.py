@@ -151,13 +151,14 @@ def _task_label(names: Sequence[str], k: int) -> str:
     return f"tasks[{k}] ({names[k]})" if k < len(names) else f"tasks[{k}]"
 
 
-def validate(problem: Problem) -> Problem:
+def validate(problem: Problem, *, stability: bool = True) -> Problem:
     """Check a concrete problem; raise :class:`ProblemError` naming field and value.
 
     Checks: λ, α, ℓ_max finite and > 0; at least one task; π_k > 0 summing to 1
     (within 1e-6); 0 < A_k ≤ 1; 0 ≤ D_k ≤ 1; A_k + D_k ≤ 1; b_k > 0; t0_k ≥ 0;
-    c_k > 0; every value finite; and the queue stable at ℓ = 0
-    (λ Σ π_k t0_k < 1, eq. 4), without which no budget is feasible.
+    c_k > 0; every value finite; and, with `stability`, the queue stable at
+    ℓ = 0 (λ Σ π_k t0_k < 1, eq. 4), without which no budget is feasible
+    (sweeps turn that check off: their unstable points are flagged rows).
 
     **Returns:** the problem, unchanged.
     """
@@ -213,7 +214,7 @@ def validate(problem: Problem) -> Problem:
         raise ProblemError(f"prob: task shares sum to {total:.9g}, must sum to 1 (within 1e-6)")
     lam = float(problem.arrival_rate)
     rho0 = lam * float((vecs["prob"] * vecs["t0"]).sum())
-    if rho0 >= 1:
+    if stability and rho0 >= 1:
         raise ProblemError(
             f"arrival_rate = {lam:g}: queue unstable even at zero budgets "
             f"(utilization λ·E[S](0) = {rho0:.4g} >= 1)"

@@ -123,3 +123,101 @@ def plot_parameter_curve(curve: dict, param: str, names, path, title: str = "") 
     top.set_title(title or f"Optimal budgets along {param}")
     top.legend(fontsize=8)
     _save(fig, plt, path)
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+def _is_geometric(values) -> bool:
+    v = np.asarray(values, float)
+    return v.size > 2 and v[0] > 0 and np.allclose(np.diff(np.log(v)), np.log(v[1] / v[0]), rtol=1e-6)
+
+
+def _thin(n: int, most: int) -> np.ndarray:
+    """Indices of at most `most` evenly spread points out of n (ends kept)."""
+    return np.unique(np.linspace(0, n - 1, min(n, most)).round().astype(int))
+
+
+def plot_sweep_heatmaps(result, path, title: str = "", max_cells: int = 400) -> str:
+    """Heat maps of each task's optimal budget ℓ*_k and of J(ℓ*) over a 2-axis
+    sweep (a line plot per quantity for a 1-axis sweep); unstable points are
+    left blank (grey). Grids larger than `max_cells` per side are thinned.
+
+    **Returns:** `path`.
+    """
+    plt = _pyplot()
+    plan = result.plan
+    if len(plan.axes) > 2:
+        raise PlotError(f"heat maps need a sweep of 1 or 2 axes, this one has {len(plan.axes)}")
+    names = list(plan.problem.names)
+    status = result.grid("status")
+    unstable = np.asarray(status == "unstable_queue") if status.dtype == object else np.zeros(status.shape, bool)
+    panels = [(f"budget_{t}", f"ℓ* {t} (tokens)") for t in names] + [("objective", "J(ℓ*)")]
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axs = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False)
+    ax_names = [a.name for a in plan.axes]
+    for ax, (column, label) in zip(axs.flat, panels):
+        data = np.where(unstable, np.nan, result.grid(column).astype(float))
+        data = np.where(np.isfinite(data), data, np.nan)
+        if len(plan.axes) == 1:
+            x = plan.axes[0].values
+            ax.plot(x, data)
+            ax.set_xlabel(ax_names[0])
+            ax.set_ylabel(label)
+            if _is_geometric(x):
+                ax.set_xscale("log")
+            continue
+        i, j = _thin(data.shape[0], max_cells), _thin(data.shape[1], max_cells)
+        y, x = plan.axes[0].values[i], plan.axes[1].values[j]
+        ax.set_facecolor("0.85")
+        mesh = ax.pcolormesh(x, y, data[np.ix_(i, j)], shading="nearest", cmap="viridis")
+        fig.colorbar(mesh, ax=ax)
+        ax.set_xlabel(ax_names[1])
+        ax.set_ylabel(ax_names[0])
+        ax.set_title(label, fontsize=9)
+        if _is_geometric(x):
+            ax.set_xscale("log")
+        if _is_geometric(y):
+            ax.set_yscale("log")
+    for ax in list(axs.flat)[len(panels):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(f"{title}: optimal budgets over the sweep (grey: unstable at ℓ = 0)", fontsize=10)
+    _save(fig, plt, path)
+    return str(path)
+
+
+def plot_sweep_frontier(result, path, title: str = "", lines: int = 6) -> str | None:
+    """Accuracy against mean system time E[T] along the α axis of a sweep, one
+    line per value of the other axis (at most `lines` of them): the frontier
+    the accuracy weight α traces. Returns None when the sweep has no α axis.
+    """
+    plan = result.plan
+    names = [a.name for a in plan.axes]
+    if "alpha" not in names or len(names) > 2:
+        return None
+    plt = _pyplot()
+    k = names.index("alpha")
+    acc = np.moveaxis(result.grid("accuracy").astype(float), k, -1)
+    delay = np.moveaxis(result.grid("mean_system_time").astype(float), k, -1)
+    acc, delay = acc.reshape(-1, acc.shape[-1]), delay.reshape(-1, delay.shape[-1])
+    other = plan.axes[1 - k] if len(names) == 2 else None
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    cmap = plt.get_cmap("viridis")
+    picks = _thin(acc.shape[0], lines)
+    for n, r in enumerate(picks):
+        ok = np.isfinite(delay[r]) & np.isfinite(acc[r])
+        if not ok.any():
+            continue
+        label = f"{other.name} = {other.values[r]:.4g}" if other is not None else None
+        ax.plot(delay[r][ok], acc[r][ok], "-", color=cmap(n / max(1, len(picks) - 1)), label=label)
+    ax.set_xlabel("mean system time E[T] (s)")
+    ax.set_ylabel("mean accuracy Σ π_k p_k(ℓ*_k)")
+    ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    if other is not None:
+        ax.legend(fontsize=8)
+    ax.set_title(f"{title + ': ' if title else ''}accuracy vs delay as α varies", fontsize=10)
+    _save(fig, plt, path)
+    return str(path)
