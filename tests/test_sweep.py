@@ -1,0 +1,279 @@
+"""Sweeps: rows equal single solves, statuses instead of NaN, Parquet output,
+resume after SIGKILL, sharding over devices and processes, bad grids."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import jaxalloc as ja
+from jaxalloc.cli import main
+from jaxalloc.solve import solve_batch, solve_point
+from jaxalloc.solvers.integer import integer_budgets
+from jaxalloc.sweep import SweepError, parse_range, plan_sweep, sweep
+
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1")
+
+
+def critical_rate(problem):
+    """λ above which the queue is unstable even at ℓ = 0 (eq. 4)."""
+    return 1.0 / float(np.sum(np.asarray(problem.prob) * np.asarray(problem.t0)))
+
+
+@pytest.fixture(scope="module")
+def grid(paper):
+    """A small λ × α grid whose last λ is unstable at ℓ = 0."""
+    lam = np.array([0.005, 0.05, 0.1, 0.3, 1.5 * critical_rate(paper)])
+    alpha = np.geomspace(1.0, 1000.0, 7)
+    return dict(arrival_rate=lam, alpha=alpha)
+
+
+@pytest.fixture(scope="module")
+def small(paper, grid):
+    return sweep(paper, grid, block=16)
+
+
+def test_parse_range():
+    np.testing.assert_allclose(parse_range("0.01:0.2:3"), [0.01, 0.105, 0.2])
+    np.testing.assert_allclose(parse_range("1:100:3:log"), [1.0, 10.0, 100.0])
+    assert parse_range("5:5:1").tolist() == [5.0]
+    for bad, words in [("0.2:0.01:10", "STOP"), ("0.01:0.2:0", "NUM = 0"), ("a:b:3", "expected START:STOP:NUM"),
+                       ("0.1:0.2", "expected"), ("0:10:5:log", "log axis"), ("1:inf:3", "finite")]:
+        with pytest.raises(SweepError, match=words):
+            parse_range(bad, "--alpha")
+
+
+def test_rows_equal_single_solves(paper, grid, small):
+    t = small.to_table()
+    assert t.num_rows == 35 and small.complete and small.plan.shape == (5, 7)
+    assert t.column_names[:2] == ["arrival_rate", "alpha"]
+    lam, alpha = t["arrival_rate"].to_numpy(), t["alpha"].to_numpy()
+    np.testing.assert_array_equal(lam, np.repeat(grid["arrival_rate"], 7))  # C order: last axis fastest
+    np.testing.assert_array_equal(alpha, np.tile(grid["alpha"], 5))
+    status = np.asarray(t["status"].to_pylist())
+    assert (status[:28] == "converged").all() and (status[28:] == "unstable_queue").all()
+    assert small.status_counts == {"converged": 28, "unstable_queue": 7}
+    names = paper.names
+    budgets = np.stack([t[f"budget_{n}"].to_numpy() for n in names], axis=1)
+    ints = np.stack([t[f"integer_budget_{n}"].to_numpy() for n in names], axis=1)
+    for col in ("objective", "accuracy", "mean_system_time", "utilization", "kkt_residual"):
+        assert not np.isnan(t[col].to_numpy()).any(), col
+    assert not np.isnan(budgets).any()
+    for i in range(0, 28, 3):  # sampled stable points against a single solve
+        p = paper.replace(arrival_rate=lam[i], alpha=alpha[i])
+        sol = ja.solve(p)
+        np.testing.assert_allclose(budgets[i], np.asarray(sol.budgets), rtol=1e-9, atol=1e-8)
+        assert t["objective"][i].as_py() == pytest.approx(float(sol.objective), rel=1e-12)
+        np.testing.assert_array_equal(ints[i], np.asarray(integer_budgets(p, sol.budgets, "enumerate")))
+        m1, m2 = ja.moments(p, sol.budgets)
+        assert t["mean_system_time"][i].as_py() == pytest.approx(float(ja.mean_system_time(p.arrival_rate, m1, m2)), rel=1e-12)
+        assert t["utilization"][i].as_py() == pytest.approx(float(lam[i] * m1), rel=1e-12)
+        assert t["accuracy"][i].as_py() == pytest.approx(float(ja.mean_accuracy(p, sol.budgets)), rel=1e-12)
+        assert t["kkt_residual"][i].as_py() <= 1e-8
+    unstable = slice(28, 35)
+    assert (budgets[unstable] == 0).all() and (ints[unstable] == 0).all()
+    assert np.isneginf(t["objective"].to_numpy()[unstable]).all()
+    assert np.isposinf(t["mean_system_time"].to_numpy()[unstable]).all()
+
+
+def test_per_task_axes_match_solves(paper):
+    b_values, p_values = np.array([1e-3, 1e-2]), np.array([0.05, 0.4, 0.8])
+    res = sweep(paper, {"b:GSM8K": b_values, "prob:AIME": p_values, "alpha": [30.0, 300.0]}, block=8)
+    t = res.to_table()
+    assert t.num_rows == 12 and res.status_counts == {"converged": 12}
+    k_gsm, k_aime = paper.names.index("GSM8K"), paper.names.index("AIME")
+    for i in range(12):
+        b = np.asarray(paper.b).copy()
+        b[k_gsm] = t["b:GSM8K"][i].as_py()
+        prob = np.asarray(paper.prob).copy()
+        share = t["prob:AIME"][i].as_py()
+        prob = prob * (1 - share) / (1 - prob[k_aime])
+        prob[k_aime] = share
+        p = paper.replace(b=b, prob=prob, alpha=t["alpha"][i].as_py())
+        assert float(np.sum(prob)) == pytest.approx(1.0, abs=1e-12)
+        sol = ja.solve(p)
+        got = np.array([t[f"budget_{n}"][i].as_py() for n in paper.names])
+        np.testing.assert_allclose(got, np.asarray(sol.budgets), rtol=1e-9, atol=1e-8)
+
+
+def test_solve_batch_equals_vmapped_solve_point(paper):
+    """The compacted batch (slow lanes finished in blocks) gives vmap's answers."""
+    rng = np.random.default_rng(1)
+    fields = dict(arrival_rate=jnp.asarray(rng.uniform(0.005, 0.45, 512)),
+                  alpha=jnp.asarray(np.exp(rng.uniform(0, np.log(1000), 512))))
+    got = jax.jit(lambda f: solve_batch(paper, f, block=128))(fields)
+    ref = jax.jit(jax.vmap(lambda f: solve_point(paper.replace(**f))))(fields)
+    np.testing.assert_array_equal(np.asarray(got.status), np.asarray(ref.status))
+    np.testing.assert_allclose(np.asarray(got.budgets), np.asarray(ref.budgets), rtol=1e-9, atol=1e-8)
+    assert np.asarray(got.iterations).max() > 4  # some lanes did need the second phase
+
+
+def test_float32_accuracy(paper, grid, small):
+    """float32 sweeps: finite everywhere, budgets within 0.5 token of float64
+    (measured: 0.05 token at most on this grid), same statuses."""
+    f32 = sweep(paper, grid, dtype=jnp.float32, block=16).to_table()
+    t = small.to_table()
+    assert f32["budget_GSM8K"].type == "float"
+    for n in paper.names:
+        np.testing.assert_allclose(f32[f"budget_{n}"].to_numpy(), t[f"budget_{n}"].to_numpy(), atol=0.5)
+    assert f32["status"].to_pylist() == t["status"].to_pylist()
+
+
+def test_parquet_output_equals_memory_and_resume_skips_done(tmp_path, paper, grid, small):
+    out = tmp_path / "s.parquet"
+    seen = []
+    res = sweep(paper, grid, out=out, block=16, on_block=seen.append)
+    assert res.complete and res.table is None and out.exists() and not (tmp_path / "s.parquet.parts").exists()
+    assert seen == [0, 1, 2]  # 35 points in blocks of 16
+    t = pq.read_table(out)
+    assert t.equals(small.to_table())
+    assert pq.ParquetFile(out).num_row_groups == 3
+    np.testing.assert_array_equal(res.grid("budget_GSM8K"), t["budget_GSM8K"].to_numpy().reshape(5, 7))
+
+
+def test_plan_rejects_bad_axes(paper):
+    with pytest.raises(SweepError, match="arrival_rate.*-0.1"):
+        plan_sweep(paper, {"arrival_rate": [-0.1, 0.2]})
+    with pytest.raises(SweepError, match="unknown task 'nope'"):
+        plan_sweep(paper, {"b:nope": [0.1]})
+    with pytest.raises(SweepError, match="'gamma'"):
+        plan_sweep(paper, {"gamma": [0.1]})
+    with pytest.raises(SweepError, match="A:GSM8K.*1.5"):
+        plan_sweep(paper, {"A:GSM8K": [0.5, 1.5]})
+    with pytest.raises(SweepError, match="prob = 1"):
+        plan_sweep(paper, {"prob:AIME": [0.5, 1.0]})
+    with pytest.raises(SweepError, match="not a finite number"):
+        plan_sweep(paper, {"alpha": [1.0, np.nan]})
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--arrival-rate", "0.2:0.01:10"], "--arrival-rate = '0.2:0.01:10': STOP"),
+    (["--arrival-rate", "0.01:0.2:0"], "NUM = 0"),
+    (["--alpha", "x:y:z"], "--alpha = 'x:y:z': expected START:STOP:NUM"),
+    (["--arrival-rate", "0:0.2:5"], "arrival_rate = 0: must be > 0"),
+    (["--arrival-rate=-1:0.2:5"], "value -1 is invalid"),
+    (["--arrival-rate", "-1:0.2:5"], "expected one argument"),
+    (["--axis", "b:nope=0.1:0.2:3"], "unknown task 'nope'"),
+    (["--axis", "b:GSM8K"], "expected FIELD:TASK=START:STOP:NUM"),
+    ([], "give at least one axis"),
+])
+def test_cli_bad_grids(tmp_path, capsys, args, words):
+    out = tmp_path / "x.parquet"
+    code = main(["sweep", *args, "--out", str(out), "--no-figures"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and words in err, err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_cli_sweep_json_and_figures(tmp_path):
+    out = tmp_path / "grid.parquet"
+    proc = subprocess.run([sys.executable, "-m", "jaxalloc.cli", "sweep", "--arrival-rate", "0.01:0.3:6",
+                           "--alpha", "1:1000:5:log", "--out", str(out), "--json"],
+                          capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["points"] == 30 and data["status_counts"] == {"converged": 30} and data["complete"]
+    assert pq.read_table(out).num_rows == 30
+    assert data["figures"] == [str(tmp_path / "grid.budgets.png"), str(tmp_path / "grid.frontier.png")]
+    for fig in data["figures"]:
+        head = open(fig, "rb").read(8)
+        assert head == b"\x89PNG\r\n\x1a\n" and os.path.getsize(fig) > 10_000
+
+
+# ---------------------------------------------------------------- separate processes
+
+SCRIPT = textwrap.dedent("""
+    import os, sys, signal
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import jaxalloc as ja
+    from jaxalloc.sweep import sweep
+    out, kill_at = sys.argv[1], int(sys.argv[2])
+    def on_block(i):
+        if i == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    res = sweep(ja.paper_profile(), {"arrival_rate": "0.005:0.5:24", "alpha": "1:1000:25:log"},
+                out=out, block=40, on_block=on_block)
+    print(res.computed_points)
+""")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_identical_file(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    run = lambda out, kill: subprocess.run([sys.executable, str(script), str(out), str(kill)],
+                                           capture_output=True, text=True, env=ENV, timeout=300)
+    whole = run(tmp_path / "whole.parquet", -1)
+    assert whole.returncode == 0, whole.stderr
+    assert int(whole.stdout) == 600
+    killed = run(tmp_path / "cut.parquet", 6)
+    assert killed.returncode == -signal.SIGKILL
+    parts = tmp_path / "cut.parquet.parts"
+    done = sorted(p.name for p in parts.glob("block-*.arrow"))
+    assert len(done) >= 7 and not (tmp_path / "cut.parquet").exists()
+    resumed = run(tmp_path / "cut.parquet", -1)
+    assert resumed.returncode == 0, resumed.stderr
+    assert int(resumed.stdout) == 600 - 40 * len(done)  # only the missing blocks
+    assert (tmp_path / "cut.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+    assert not parts.exists()
+
+
+DEVICES = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import numpy as np
+    import jaxalloc as ja
+    from jaxalloc.sweep import sweep
+    assert jax.local_device_count() == 4
+    axes = {"arrival_rate": "0.005:0.6:13", "alpha": "1:1000:11:log"}
+    four = sweep(ja.paper_profile(), axes, devices=4, block=64).to_table()
+    one = sweep(ja.paper_profile(), axes, devices=1, block=64).to_table()
+    worst = max(float(np.max(np.abs(four[c].to_numpy() - one[c].to_numpy())))
+                for c in four.column_names if c.startswith("budget_"))
+    assert four["status"].to_pylist() == one["status"].to_pylist()
+    print(worst)
+""")
+
+
+@pytest.mark.slow
+def test_four_devices_equal_one(tmp_path):
+    script = tmp_path / "dev.py"
+    script.write_text(DEVICES)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env={k: v for k, v in ENV.items() if k != "XLA_FLAGS"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert float(proc.stdout) <= 1e-12
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = ["sweep", "--arrival-rate", "0.005:0.6:30", "--alpha", "1:1000:20:log", "--block", "100",
+              "--no-figures", "--json"]
+    cmd = lambda out, *extra: [sys.executable, "-m", "jaxalloc.cli", *common, "--out", str(out), *extra]
+    procs = [subprocess.Popen(cmd(tmp_path / "two.parquet", "--coordinator", f"127.0.0.1:{port}",
+                                  "--num-processes", "2", "--process-id", str(i)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for i in (1, 0)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    shares = sorted(json.loads(o[0])["computed_points"] for o in outs)
+    assert shares == [300, 300]  # 6 blocks of 100, round robin
+    one = subprocess.run(cmd(tmp_path / "one.parquet"), capture_output=True, text=True, env=ENV, timeout=300)
+    assert one.returncode == 0, one.stderr
+    assert (tmp_path / "two.parquet").read_bytes() == (tmp_path / "one.parquet").read_bytes()
