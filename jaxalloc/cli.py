@@ -86,7 +86,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", required=True, metavar="FILE.parquet", help="output Parquet file (one row per point)")
     sw.add_argument("--method", default="newton", choices=list(METHODS), help="solver (default: newton)")
     sw.add_argument("--integer", default="auto", choices=["auto", "enumerate", "round", "coordinate"],
-                    help="integer budgets (auto: eq. 39 enumeration up to 8 tasks, coordinate search beyond)")
+                    help="integer budgets (auto: eq. 39 enumeration up to 8 tasks, coordinate search up to 64, rounding beyond)")
     sw.add_argument("--float32", action="store_true", help="solve in float32 (faster; ~0.05 token from float64)")
     sw.add_argument("--block", type=int, metavar="N", help="points per compiled call and per row group")
     sw.add_argument("--no-resume", action="store_true", help="start over even if finished blocks of this sweep exist")

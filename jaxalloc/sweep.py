@@ -60,9 +60,12 @@ from .solvers.integer import MAX_ENUMERATE_TASKS, integer_budgets
 SCALAR_FIELDS = ("arrival_rate", "alpha", "max_tokens")
 PER_TASK_FIELDS = ("prob", "A", "b", "D", "t0", "c")
 SWEEP_ENUMERATE_TASKS = 8
-"""Sweeps enumerate the 2^N floor/ceil candidates (eq. 39) up to this N and
-use the coordinate search beyond (2^N candidates per point add up over 10^6 points)."""
-DEFAULT_CHUNK = 4096  # points vmapped together on one device (fastest on a 2-core CPU)
+"""With `integer="auto"`, sweeps enumerate the 2^N floor/ceil candidates
+(eq. 39) up to this N (2^N candidates per point add up over 10^6 points)..."""
+SWEEP_COORDINATE_TASKS = 64
+"""... use the coordinate search up to this N, and rounding (eq. 40) beyond
+(the search scores N flips per step and may take many steps at N = 1024)."""
+CHUNK_ELEMENTS = 24576  # points × tasks vmapped together: 4096 points at N = 6, fastest on a 2-core CPU
 DEFAULT_BLOCK = 1 << 17  # points per compiled call, and per row group of the output
 
 
@@ -241,14 +244,15 @@ class SweepPlan:
 
 
 def plan_sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "newton", integer: str = "auto",
-               dtype=None, block: int | None = None, chunk: int = DEFAULT_CHUNK, devices: int | None = None) -> SweepPlan:
+               dtype=None, block: int | None = None, chunk: int | None = None, devices: int | None = None) -> SweepPlan:
     """Check a sweep and fix its block layout. Arguments as in :func:`sweep`."""
     validate(problem, stability=False)
     get_solver(method)  # unknown method: ValueError naming it
     if integer not in ("auto", "enumerate", "round", "coordinate"):
         raise SweepError(f"integer = {integer!r}: expected auto, enumerate, round or coordinate")
     if integer == "auto":
-        integer = "enumerate" if problem.num_tasks <= SWEEP_ENUMERATE_TASKS else "coordinate"
+        n = problem.num_tasks
+        integer = "enumerate" if n <= SWEEP_ENUMERATE_TASKS else "coordinate" if n <= SWEEP_COORDINATE_TASKS else "round"
     if integer == "enumerate" and problem.num_tasks > MAX_ENUMERATE_TASKS:
         raise SweepError(f"integer = 'enumerate': N = {problem.num_tasks} tasks exceeds {MAX_ENUMERATE_TASKS} "
                          "(2^N candidates per point); use coordinate")
@@ -262,6 +266,8 @@ def plan_sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "newt
     want = DEFAULT_BLOCK if block is None else int(block)
     if want < 1:
         raise SweepError(f"block = {want}: must be >= 1")
+    if chunk is None:  # working arrays of about CHUNK_ELEMENTS values stay in cache
+        chunk = max(16, min(4096, 1 << int(math.log2(max(1, CHUNK_ELEMENTS // problem.num_tasks)))))
     if int(chunk) < 1:
         raise SweepError(f"chunk = {chunk}: must be >= 1")
     chunk = max(1, min(int(chunk), -(-size // devices), -(-want // devices)))
@@ -463,7 +469,7 @@ def _progress_bar(total: int, initial: int, enabled: bool | None, desc: str):
 
 def sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "newton", integer: str = "auto",
           dtype=None, out: str | os.PathLike | None = None, resume: bool = True, progress: bool | None = None,
-          block: int | None = None, chunk: int = DEFAULT_CHUNK, devices: int | None = None,
+          block: int | None = None, chunk: int | None = None, devices: int | None = None,
           process_index: int | None = None, process_count: int | None = None,
           on_block: Callable[[int], None] | None = None) -> SweepResult:
     """Solve every point of a grid of operating points.
@@ -476,15 +482,17 @@ def sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "newton", 
       the module docstring). The grid is their Cartesian product, C order.
     - `method`: solver name (default "newton").
     - `integer`: integer budgets: "auto" (eq. 39 enumeration up to
-      :data:`SWEEP_ENUMERATE_TASKS` tasks, coordinate search beyond),
-      "enumerate", "round" (eq. 40) or "coordinate".
+      :data:`SWEEP_ENUMERATE_TASKS` tasks, coordinate search up to
+      :data:`SWEEP_COORDINATE_TASKS`, rounding beyond), "enumerate", "round"
+      (eq. 40) or "coordinate".
     - `dtype`: e.g. `jnp.float32` for speed (about 2× on a CPU; budgets agree
       with float64 to a few hundredths of a token); default the problem's.
     - `out`: Parquet path; without it the rows are returned in memory.
     - `resume`: reuse finished blocks of an interrupted run of the same sweep.
     - `progress`: show a progress bar (default: when stderr is a terminal).
     - `block`, `chunk`, `devices`: points per compiled call (and per row
-      group), points vmapped together, local devices to use (default all).
+      group; default 2^17), points vmapped together (default about 24,576 / N,
+      a power of two), local devices to use (default all).
     - `process_index`, `process_count`: this process's share of the blocks
       (default `jax.process_index()` / `jax.process_count()`); needs `out`.
     - `on_block`: called with each block index when its part is written.

@@ -62,46 +62,44 @@ def enumerate_floor_ceil(problem: Problem, budgets):
     return jnp.where(bits[jnp.argmax(values)] > 0, hi, lo)
 
 
-def coordinate_search(problem: Problem, budgets, max_sweeps: int = 64):
-    """Start at round(ℓ*) and move single coordinates between floor and ceil while J rises.
+def coordinate_search(problem: Problem, budgets, max_flips: int | None = None):
+    """Start at round(ℓ*) (eq. 40) and flip single coordinates between floor and
+    ceiling, the best flip first, while J rises.
 
-    Each trial updates (E[S], E[S²]) and the accuracy incrementally, O(1) per
-    coordinate; sweeps repeat until none improves (or `max_sweeps`).
+    Every step scores all N flips at once from the current (E[S], E[S²]) and
+    mean accuracy, which each flip changes by one term (O(N) per step, fully
+    vectorised), and takes the best; it stops when no flip improves J, i.e. at
+    a point no single coordinate change can improve, or after `max_flips`
+    (default N) flips.
     """
     lo, hi = _floor_ceil(problem, budgets)
-    start = jnp.clip(round_budgets(problem, budgets), lo, hi)
+    ell = jnp.clip(round_budgets(problem, budgets), lo, hi)
     lam, alpha, prob = problem.arrival_rate, problem.alpha, problem.prob
-
-    def parts(ell):
-        m1, m2 = moments(problem, ell)
-        return m1, m2, jnp.sum(prob * task_accuracy(problem, ell))
-
-    def value(m1, m2, acc):
-        return alpha * acc - mean_system_time(lam, m1, m2)
-
     t_lo, t_hi = service_times(problem, lo), service_times(problem, hi)
     p_lo, p_hi = task_accuracy(problem, lo), task_accuracy(problem, hi)
+    value = lambda m1, m2, acc: alpha * acc - mean_system_time(lam, m1, m2)  # eq. 7 from its parts
+    cap = budgets.shape[-1] if max_flips is None else int(max_flips)
 
-    def visit(k, carry):
-        ell, m1, m2, acc, changed = carry
-        up = ell[k] == lo[k]  # currently at the floor: try the ceiling, and vice versa
-        t_old, t_new = jnp.where(up, t_lo[k], t_hi[k]), jnp.where(up, t_hi[k], t_lo[k])
-        p_old, p_new = jnp.where(up, p_lo[k], p_hi[k]), jnp.where(up, p_hi[k], p_lo[k])
-        m1n = m1 + prob[k] * (t_new - t_old)
-        m2n = m2 + prob[k] * (t_new**2 - t_old**2)
-        accn = acc + prob[k] * (p_new - p_old)
-        better = value(m1n, m2n, accn) > value(m1, m2, acc)
-        pick = lambda a, b: jnp.where(better, a, b)
-        new = jnp.where(up, hi[k], lo[k])
-        return ell.at[k].set(pick(new, ell[k])), pick(m1n, m1), pick(m2n, m2), pick(accn, acc), changed | better
+    def body(state):
+        ell, m1, m2, acc, flips, _ = state
+        up = ell == lo  # at the floor: the flip goes to the ceiling, and vice versa
+        t_old, t_new = jnp.where(up, t_lo, t_hi), jnp.where(up, t_hi, t_lo)
+        p_old, p_new = jnp.where(up, p_lo, p_hi), jnp.where(up, p_hi, p_lo)
+        m1n = m1 + prob * (t_new - t_old)
+        m2n = m2 + prob * (t_new**2 - t_old**2)
+        accn = acc + prob * (p_new - p_old)
+        gains = value(m1n, m2n, accn)
+        k = jnp.argmax(gains)
+        better = gains[k] > value(m1, m2, acc)
+        flip = better & (jnp.arange(ell.shape[-1]) == k)
+        ell = jnp.where(flip, jnp.where(up, hi, lo), ell)
+        pick = lambda new, old: jnp.where(better, new[k], old)
+        return ell, pick(m1n, m1), pick(m2n, m2), pick(accn, acc), flips + 1, better
 
-    def sweep(state):
-        ell, sweeps, _ = state
-        m1, m2, acc = parts(ell)
-        ell, *_, changed = lax.fori_loop(0, ell.shape[-1], visit, (ell, m1, m2, acc, False))
-        return ell, sweeps + 1, changed
-
-    ell, _, _ = lax.while_loop(lambda s: s[2] & (s[1] < max_sweeps), sweep, (start, 0, True))
+    m1, m2 = moments(problem, ell)
+    acc = jnp.sum(prob * task_accuracy(problem, ell))
+    state = (ell, m1, m2, acc, 0, jnp.asarray(True))
+    ell, *_ = lax.while_loop(lambda s: s[5] & (s[4] < cap), body, state)
     return ell
 
 
