@@ -43,6 +43,7 @@ from .simulate import (
 )
 from .solution import Solution, Status
 from .solve import SolveError, get_solver, solve, solve_many, solve_point
+from .sweep import SweepError, SweepResult, parse_range, sweep
 from .solvers import AggregateNewton, FixedPoint, ProjectedGradient, ProjectedNewton, ScaledGradient
 from .solvers.integer import (
     MAX_ENUMERATE_TASKS,
@@ -105,4 +106,8 @@ __all__ = [
     "task_accuracy",
     "utilization",
     "validate",
+    "sweep",
+    "SweepError",
+    "SweepResult",
+    "parse_range",
 ]
