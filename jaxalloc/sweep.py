@@ -389,15 +389,34 @@ class _PartStore:
             return pa.ipc.open_file(source).read_all()
 
 
-class _ParquetStream:
-    """The final Parquet file, one row group per block, renamed into place when complete."""
+_META_KEY = b"jaxalloc.sweep"
 
-    def __init__(self, out: Path):
+
+def _finished_fingerprint(path: Path) -> str | None:
+    """The fingerprint stored in a complete sweep's Parquet file, if any."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        return json.loads(meta[_META_KEY])["fingerprint"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+class _ParquetStream:
+    """The final Parquet file, one row group per block, renamed into place when
+    complete; its schema metadata holds the plan's fingerprint and axes."""
+
+    def __init__(self, out: Path, plan: SweepPlan):
         self.out, self.tmp, self.writer = out, out.with_name(out.name + ".tmp"), None
+        self.meta = {_META_KEY: json.dumps(dict(fingerprint=plan.fingerprint(), shape=list(plan.shape),
+                                                axes=[a.name for a in plan.axes], method=plan.method,
+                                                integer=plan.integer, dtype=str(plan.dtype))).encode()}
 
     def write(self, table) -> None:
         import pyarrow.parquet as pq
 
+        table = table.replace_schema_metadata(self.meta)
         if self.writer is None:
             self.writer = pq.ParquetWriter(str(self.tmp), table.schema, compression="snappy",
                                            use_dictionary=["status"], write_statistics=True)
@@ -515,6 +534,13 @@ def sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "newton", 
     if path is not None and not path.parent.is_dir():
         raise SweepError(f"out = {str(path)!r}: directory {str(path.parent)!r} does not exist")
 
+    if path is not None and resume and path.exists() and _finished_fingerprint(path) == plan.fingerprint():
+        import pyarrow.parquet as pq  # the same sweep is already complete: nothing to do
+
+        codes = pq.read_table(path, columns=["status"]).column(0).combine_chunks().indices.to_numpy()
+        counts = np.bincount(codes, minlength=len(Status))
+        return SweepResult(plan, path, None, {s.label: int(counts[s]) for s in Status if counts[s]},
+                           time.perf_counter() - t_start, 0, True)
     solver = get_solver(method)
     values = tuple(jnp.asarray(a.values, plan.dtype) for a in plan.axes)
     targets = tuple((a.field, a.task) for a in plan.axes)
@@ -525,7 +551,7 @@ def sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "newton", 
         store = _PartStore(path, plan, resume, create=False)
     todo = [i for i in mine if store is None or not store.done(i)]
     final = path is not None and p_index == 0
-    stream = _ParquetStream(path) if final and p_count == 1 else None
+    stream = _ParquetStream(path, plan) if final and p_count == 1 else None
 
     counts = np.zeros(len(Status), np.int64)
     tables: list = []
@@ -584,7 +610,7 @@ def sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "newton", 
         complete = True
     elif final:  # several processes: wait for all parts, then write the file from them
         _wait_for(lambda: all(store.done(i) for i in range(plan.num_blocks)), "the other processes' blocks")
-        stream = _ParquetStream(path)
+        stream = _ParquetStream(path, plan)
         counts[:] = 0
         for i in range(plan.num_blocks):
             table = store.read(i)

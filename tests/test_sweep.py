@@ -134,9 +134,14 @@ def test_parquet_output_equals_memory_and_resume_skips_done(tmp_path, paper, gri
     assert res.complete and res.table is None and out.exists() and not (tmp_path / "s.parquet.parts").exists()
     assert seen == [0, 1, 2]  # 35 points in blocks of 16
     t = pq.read_table(out)
-    assert t.equals(small.to_table())
+    assert t.equals(small.to_table().replace_schema_metadata(t.schema.metadata))
+    assert json.loads(t.schema.metadata[b"jaxalloc.sweep"])["axes"] == ["arrival_rate", "alpha"]
     assert pq.ParquetFile(out).num_row_groups == 3
     np.testing.assert_array_equal(res.grid("budget_GSM8K"), t["budget_GSM8K"].to_numpy().reshape(5, 7))
+    again = sweep(paper, grid, out=out, block=16, on_block=seen.append)  # already complete: nothing solved
+    assert again.computed_points == 0 and again.status_counts == res.status_counts and seen == [0, 1, 2]
+    fresh = sweep(paper, grid, out=out, block=16, resume=False)
+    assert fresh.computed_points == 35 and pq.read_table(out).equals(t)
 
 
 def test_plan_rejects_bad_axes(paper):
