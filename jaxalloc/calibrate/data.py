@@ -408,7 +408,7 @@ def append_rows(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> int:
     return _append_parquet(path, rows, present)
 
 
-_ARROW_TYPES = {"text": "string", "count": "int64", "bool": "bool", "seconds": "float64"}
+_ARROW_TYPES = {"text": "string", "count": "int64", "bool": "bool_", "seconds": "float64"}
 
 
 def _append_parquet(path: Path, rows: list[dict], present: list[str]) -> int:

@@ -17,7 +17,8 @@ the negative log-likelihood grows like θ², not a point at infinity that an
 optimiser chases until its step limit. b is confined to [e^lo, e^hi] with
 b·ℓ_max-measured ≥ 10⁻³ (below, the curve is a straight line over the measured
 budgets and A, b cannot be told apart) and b·ℓ_min-positive ≤ 30 (above, the curve
-is saturated before the first positive budget); a fit at either end is flagged.
+is saturated before the first positive budget). Fits near either end are flagged
+`linear` (b·ℓ_max < 0.1) or `saturated` (b·ℓ_min-positive > 7).
 
 The minimiser is **optimistix BFGS**: three smooth unconstrained coordinates, a few
 dozen steps, exact gradients by autodiff, no least-squares structure to exploit (the
@@ -55,6 +56,7 @@ more than 3 standard errors of (mean − line) off.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from typing import Mapping, NamedTuple, Sequence
 
@@ -69,6 +71,8 @@ from .data import MIN_BUDGETS, CalibrationError, Measurements, TaskTable, task_t
 
 B_SPAN_LOW = 1e-3  # smallest b·ℓ_hi: below it the curve is a line on the measured budgets
 B_SPAN_HIGH = 30.0  # largest b·ℓ_min+: above it the curve is flat after the first positive budget
+LINEAR_SPAN = 0.1  # flag `linear` when b·ℓ_hi is below: 1 − e^{−x} within 5% of x on the budgets
+SATURATED_SPAN = 7.0  # flag `saturated` when b·ℓ_min+ is above: within e^{−7} ≈ 0.1% of A + D there
 GRID = 49  # log-b grid for the starting point
 SPREAD_STARTS = (0.25, 0.5, 0.75)  # further BFGS starts, as fractions of the log-b range
 LINEAR_TOLERANCE = 0.05  # `nonlinear`: a budget's mean service time this far off the line...
@@ -85,8 +89,8 @@ class FitFlag(enum.IntFlag):
     D_AT_ZERO = 4
     MAX_AT_ONE = 8
     A_AT_ZERO = 16
-    B_AT_LOWER_LIMIT = 32
-    B_AT_UPPER_LIMIT = 64
+    LINEAR = 32
+    SATURATED = 64
     OVERDISPERSED = 128
     UNDETERMINED = 256
     NONLINEAR = 512
@@ -109,10 +113,10 @@ _FLAG_MESSAGES = {
     FitFlag.D_AT_ZERO: "D = 0: the accuracy at budget 0 sits on its lower bound",
     FitFlag.MAX_AT_ONE: "A + D = 1: the curve saturates at accuracy 1 (upper bound)",
     FitFlag.A_AT_ZERO: "A = 0: no gain from thinking (written to the profile as A = 1e-9)",
-    FitFlag.B_AT_LOWER_LIMIT: "b at its lower limit: no curvature over the measured budgets, "
-                              "only the slope A·b is determined (measure larger budgets)",
-    FitFlag.B_AT_UPPER_LIMIT: "b at its upper limit: accuracy saturates before the smallest positive "
-                              "budget, b is only bounded below (measure smaller budgets)",
+    FitFlag.LINEAR: "hardly any curvature over the measured budgets (b·ℓ_max < 0.1): only the slope A·b "
+                    "is determined, not A and b apart (measure larger budgets)",
+    FitFlag.SATURATED: "accuracy saturates before the smallest positive budget (b·ℓ > 7 there): b is only "
+                       "bounded below (measure smaller budgets)",
     FitFlag.OVERDISPERSED: "more scatter than binomial (Pearson test p < 0.01): intervals widened by "
                            "the dispersion; repeats of an item are not independent answers",
     FitFlag.UNDETERMINED: "some parameter is not determined by the data (infinite standard error)",
@@ -240,6 +244,7 @@ def normal_quantile(q: float) -> float:
     return float(ndtri(q))
 
 
+@functools.lru_cache(maxsize=256)
 def t_quantile(q: float, df: float) -> float:
     """The q quantile (q ≥ ½) of Student's t with `df` degrees of freedom, by bisection on
     its distribution function 1 − ½ I_{ν/(ν+t²)}(ν/2, ½)."""
@@ -377,15 +382,17 @@ def _summarise(raw: dict, ell, y, n, level: float) -> AccuracyFit:
         ci_D = np.clip(np.stack([D - z * se[:, 2], D + z * se[:, 2]], -1), 0.0, 1.0)
         ci_b = np.exp(np.stack([logb - z * se[:, 1], logb + z * se[:, 1]], -1))
     b = np.exp(logb)
-    u = (logb - raw["lo"]) / (raw["hi"] - raw["lo"])
+    has = n > 0
+    ell_hi = np.max(np.where(has, ell, 0.0), -1)
+    ell_pos = np.min(np.where(has & (ell > 0), ell, np.inf), -1)
     bits = [
         (~raw["converged"].astype(bool), FitFlag.NOT_CONVERGED),
         (flat_p > 0.05, FitFlag.FLAT),
         (D < 1e-8, FitFlag.D_AT_ZERO),
         (A + D > 1 - 1e-8, FitFlag.MAX_AT_ONE),
         (A < 1e-8, FitFlag.A_AT_ZERO),
-        (u < 1e-6, FitFlag.B_AT_LOWER_LIMIT),
-        (u > 1 - 1e-6, FitFlag.B_AT_UPPER_LIMIT),
+        ((b * ell_hi < LINEAR_SPAN) & (A > 1e-8), FitFlag.LINEAR),
+        ((b * ell_pos > SATURATED_SPAN) & (A > 1e-8), FitFlag.SATURATED),
         (overdispersed, FitFlag.OVERDISPERSED),
         (np.any(undetermined, -1), FitFlag.UNDETERMINED),
     ]
