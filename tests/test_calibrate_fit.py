@@ -228,17 +228,28 @@ def test_flat_and_degenerate_curves_give_flags_not_nan(case):
 # ------------------------------------------------------------- service time
 
 
-def test_latency_fit_equals_weighted_polyfit():
-    """Same estimates as numpy's weighted polyfit with weights 1/s_j (its `w` multiplies
-    residuals); the aggregated form equals polyfit with weights √n."""
+def test_latency_fit_equals_curve_fit_and_jackknife():
+    """Per-item times: the estimates equal scipy's curve_fit with σ_j² = e^a m_j^γ (the
+    power law fitted to the sample variances at each budget), and the HC3 standard errors
+    equal the leave-one-out jackknife of that weighted fit within 3%. Means (aggregated
+    form): numpy's polyfit with weights √n."""
     rng = np.random.default_rng(2)
     ell = np.repeat(ELL, 40)
     t = (0.14 + 0.0141 * ell) * rng.lognormal(0, 0.05, ell.size)
     fit = fit_latency(ell, t)
-    sd = np.array([t[ell == e].std(ddof=1) for e in ell])
-    c, t0 = np.polyfit(ell, t, 1, w=1 / sd)
-    assert (fit.t0, fit.c) == pytest.approx((t0, c), rel=1e-10)
     means = np.array([t[ell == e].mean() for e in ELL])
+    variances = np.array([t[ell == e].var(ddof=1) for e in ELL])
+    gamma, a = np.polyfit(np.log(means), np.log(variances), 1, w=np.full(ELL.size, np.sqrt(39)))
+    sigma = np.sqrt(np.exp(a) * means ** gamma)[np.searchsorted(ELL, ell)]
+    (t0, c), _ = curve_fit(lambda x, t0, c: t0 + c * x, ell, t, sigma=sigma)
+    assert (fit.t0, fit.c) == pytest.approx((t0, c), rel=1e-8)
+    X, w = np.stack([np.ones_like(ell), ell], 1), 1 / sigma**2
+    leave_one_out = np.array([
+        np.linalg.solve((X[m] * w[m, None]).T @ X[m], (X[m] * w[m, None]).T @ t[m])
+        for m in (np.arange(ell.size) != i for i in range(ell.size))
+    ])
+    jack = np.sqrt((ell.size - 1) / ell.size * np.sum((leave_one_out - leave_one_out.mean(0)) ** 2, 0))
+    assert (fit.se_t0, fit.se_c) == pytest.approx(tuple(jack), rel=0.03)
     agg = fit_latency(ELL, means, np.full(ELL.size, 40.0))
     c2, t02 = np.polyfit(ELL, means, 1, w=np.sqrt(np.full(ELL.size, 40.0)))
     assert (agg.t0, agg.c) == pytest.approx((t02, c2), rel=1e-10)
@@ -246,8 +257,9 @@ def test_latency_fit_equals_weighted_polyfit():
 
 
 def test_latency_intervals_cover_the_truth():
-    """400 data sets with scatter proportional to the service time (cv 10%): 95% intervals
-    cover t0 and c in 0.92–0.98 of them."""
+    """400 data sets with scatter proportional to the service time (cv 10%), 30 items per
+    budget: 95% intervals cover t0 and c in 0.92–0.98 of them (measured 0.930 and 0.948;
+    over 2000 other seeds 0.945 and 0.944)."""
     rng = np.random.default_rng(4)
     t0, c = 0.15, 0.0125
     ell = np.repeat(ELL, 30)
@@ -410,6 +422,7 @@ BAD_FILES = [
     ("empty", "m.csv", "# nothing\n", "empty file"),
     ("no rows", "m.csv", HEADER, "no measurement rows"),
     ("extension", "m.xlsx", HEADER, "unknown format '.xlsx'"),
+    ("not parquet", "m.parquet", HEADER, "cannot read as Parquet"),
 ]
 
 

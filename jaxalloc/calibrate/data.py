@@ -258,9 +258,11 @@ def _pyarrow_parquet():
 
 def _read_parquet(path: Path) -> tuple[list[str], dict[str, list], list[str]]:
     pq = _pyarrow_parquet()
+    import pyarrow as pa
+
     try:
         table = pq.read_table(path)
-    except Exception as err:  # pyarrow raises several types for a bad file
+    except (pa.ArrowException, OSError) as err:
         raise CalibrationError(f"{path}: cannot read as Parquet: {' '.join(str(err).split())}") from None
     header = list(table.column_names)
     columns = {name: table.column(name).to_pylist() for name in header}
