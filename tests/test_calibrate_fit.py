@@ -423,6 +423,7 @@ BAD_FILES = [
     ("no rows", "m.csv", HEADER, "no measurement rows"),
     ("extension", "m.xlsx", HEADER, "unknown format '.xlsx'"),
     ("not parquet", "m.parquet", HEADER, "cannot read as Parquet"),
+    ("quote in task", "m.csv", HEADER + '"q""x",0,0,1,1.0\n', "task = q\"x: must not contain quotes"),
 ]
 
 
