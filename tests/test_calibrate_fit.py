@@ -15,6 +15,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 from scipy.optimize import curve_fit, minimize
 
@@ -151,6 +153,21 @@ def test_fit_on_a_constraint_equals_slsqp(A, b, D, flag):
             np.testing.assert_allclose([fit.A, np.log(fit.b), fit.D], [ref.x[0], ref.x[1], ref.x[2]], atol=2e-4)
         assert all(np.all(np.isfinite(v)) for v in (fit.A, fit.b, fit.D, fit.ci_A, fit.ci_D))
     assert hits >= 2  # the constraint is active in most draws from a truth on it
+
+
+@settings(max_examples=25)
+@given(A=st.floats(0.1, 0.8), D=st.floats(0.02, 0.5), log_b=st.floats(np.log(1 / 4096), np.log(2 / 64)),
+       n=st.sampled_from([50.0, 250.0, 10_000.0]))
+def test_noiseless_data_give_back_the_curve(A, D, log_b, n):
+    """Expected counts y = n·p(ℓ) (no noise) of any interior curve with some bend between
+    the first positive and the largest budget: the likelihood is maximal at the truth, and
+    the fit returns it (A, D to 1e-5, b to 1e-4 relative) with deviance ≈ 0."""
+    D = min(D, 0.95 - A)
+    b = float(np.exp(log_b))
+    fit = fit_accuracy(ELL, n * curve(ELL, A, b, D), np.full(ELL.size, n))
+    assert fit.A == pytest.approx(A, abs=1e-5) and fit.D == pytest.approx(D, abs=1e-5)
+    assert fit.b == pytest.approx(b, rel=1e-4)
+    assert fit.deviance < 1e-8 and not fit.flags & FitFlag.NOT_CONVERGED
 
 
 # ------------------------------------------------------------- accuracy: statistics
