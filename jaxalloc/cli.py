@@ -99,6 +99,10 @@ def _build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--num-processes", type=int, metavar="P", help="processes in a jax.distributed run")
     sw.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..P-1")
     sw.add_argument("--json", action="store_true", help="print JSON for programs")
+
+    from .calibrate.cli import add_calibrate_parser
+
+    add_calibrate_parser(sub)
     return parser
 
 
@@ -340,8 +344,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
+        from .calibrate.cli import run_calibrate
+
         commands = {"solve": _cmd_solve, "simulate": _cmd_simulate, "verify": _cmd_verify,
-                    "sensitivity": _cmd_sensitivity, "sweep": _cmd_sweep}
+                    "sensitivity": _cmd_sensitivity, "sweep": _cmd_sweep, "calibrate": run_calibrate}
         return commands[args.command](args)
     except (_UsageError, ProblemError, ValueError) as err:  # ValueError: e.g. eq. 39 beyond its N
         message = " ".join(str(err).split())  # exactly one line
