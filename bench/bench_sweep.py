@@ -189,6 +189,7 @@ def main(argv=None):
         "n1024_ge_3e4_points_per_s": rw["points_per_s"] >= 3e4,
         "all_100pct_converged": all(r["converged_share"] == 1.0 for r in out["runs"].values()),
     }
+    targets = {k: bool(v) for k, v in targets.items()}
     out["targets"] = targets
     print("\nTargets: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in targets.items()))
     if a.json:
