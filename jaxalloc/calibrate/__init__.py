@@ -1,0 +1,1 @@
+"""Calibration: measure a model under enforced thinking budgets, and fit a profile to the measurements."""
