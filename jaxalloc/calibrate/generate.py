@@ -200,7 +200,9 @@ class Generation(NamedTuple):
     **Fields:** `thinking_ids`, `answer_ids` (stop token left out);
     `thinking_tokens` (= the budget); `answer_tokens` (generated after
     ``</think>``, a final stop token counted); `stopped`; `prompt_tokens`;
-    `prefill_s`, `decode_s`, `service_s` (prefill + decode).
+    `prefill_s`, `decode_s`, `service_s` (prefill + decode); `requests`:
+    per request to a server, ``{"ttft_s", "e2e_s", "itl_s": [...]}`` (empty
+    for the local engine).
     """
 
     thinking_ids: list[int]
@@ -212,6 +214,7 @@ class Generation(NamedTuple):
     prefill_s: float
     decode_s: float
     service_s: float
+    requests: tuple = ()
 
 
 def generate(engine: Engine, fmt: ThinkingFormat, prompt: Sequence[int], budget: int, answer_tokens: int, *,
@@ -233,3 +236,16 @@ def generate(engine: Engine, fmt: ThinkingFormat, prompt: Sequence[int], budget:
         answer = answer[:-1]
     return Generation(ids[: run.think], answer, run.think, run.answer, run.stopped, run.prompt_tokens,
                       run.prefill_s, run.decode_s, run.prefill_s + run.decode_s)
+
+
+class LocalBackend(NamedTuple):
+    """Budget-forced generation on the local :class:`Engine` (the ``flax`` backend of a measuring run)."""
+
+    engine: Engine
+    fmt: ThinkingFormat
+    name: str = "flax"
+
+    def generate(self, prompt: Sequence[int], budget: int, answer_tokens: int, *, temperature: float = 0.0,
+                 seed: int = 0) -> Generation:
+        """See :func:`generate`."""
+        return generate(self.engine, self.fmt, prompt, budget, answer_tokens, temperature=temperature, seed=seed)
