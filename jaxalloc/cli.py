@@ -75,6 +75,10 @@ def _build_parser() -> argparse.ArgumentParser:
     sens.add_argument("--simulate", type=int, default=0, metavar="K",
                       help="with --task: also simulate K budgets across the range (10,000 queries x 20 replications)")
     sens.add_argument("--json", action="store_true", help="print JSON for programs")
+
+    from .calibrate.cli import add_calibrate_parser
+
+    add_calibrate_parser(sub)
     return parser
 
 
@@ -254,8 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
+        from .calibrate.cli import run_calibrate
+
         commands = {"solve": _cmd_solve, "simulate": _cmd_simulate, "verify": _cmd_verify,
-                    "sensitivity": _cmd_sensitivity}
+                    "sensitivity": _cmd_sensitivity, "calibrate": run_calibrate}
         return commands[args.command](args)
     except (_UsageError, ProblemError, ValueError) as err:  # ValueError: e.g. eq. 39 beyond its N
         message = " ".join(str(err).split())  # exactly one line

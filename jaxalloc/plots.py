@@ -123,3 +123,73 @@ def plot_parameter_curve(curve: dict, param: str, names, path, title: str = "") 
     top.set_title(title or f"Optimal budgets along {param}")
     top.legend(fontsize=8)
     _save(fig, plt, path)
+
+
+# ------------------------------------------------------------- calibration (issue 6)
+
+
+def _wilson(successes, trials, z: float = 1.959963984540054):
+    """Wilson score interval of a binomial proportion, as (lower, upper) arrays."""
+    n = np.maximum(trials, 1e-300)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def plot_calibration(cal, path, title: str = "") -> None:
+    """The paper's Fig. 2 for your own measurements, and the service-time fit beside it.
+
+    Left: measured accuracy per budget (markers, 95% Wilson intervals) and the fitted
+    p(ℓ) = A(1 − e^{−bℓ}) + D (lines), one colour per task. Right: mean service time
+    per budget (markers; with per-item rows, 95% intervals of the mean) and the fitted
+    t(ℓ) = t0 + cℓ. Budgets on a symmetric-log axis (linear below the smallest positive
+    budget), so that ℓ = 0 shows. `cal` is a :class:`~jaxalloc.calibrate.fit.Calibration`;
+    `path` a file name or a binary file object (PNG).
+    """
+    plt = _pyplot()
+    fig, (acc_ax, lat_ax) = plt.subplots(1, 2, figsize=(12, 5.6), dpi=110)
+    budgets = np.concatenate([t.table.budgets for t in cal.tasks])
+    low = float(budgets[budgets > 0].min())
+    grid = np.unique(np.concatenate([np.linspace(0, low, 16), np.geomspace(low, budgets.max() * 1.05, 200)]))
+    for k, t in enumerate(cal.tasks):
+        color = f"C{k % 10}"
+        tab, a = t.table, t.accuracy
+        lo, hi = _wilson(tab.successes, tab.trials)
+        acc = tab.successes / tab.trials
+        yerr = np.maximum([acc - lo, hi - acc], 0.0)  # rounding at p = 0 or 1
+        acc_ax.errorbar(tab.budgets, acc, yerr=yerr, fmt="o", ms=4, capsize=2, color=color)
+        fitted = float(a.A) * -np.expm1(-float(a.b) * grid) + float(a.D)
+        acc_ax.plot(grid, fitted, color=color, lw=1.6, label=f"{t.name}: A={float(a.A):.3f}, b={float(a.b):.2e}, D={float(a.D):.3f}")
+        if t.latency is None:
+            continue
+        levels, inverse = np.unique(tab.service_budgets, return_inverse=True)
+        if tab.service_counts is None:
+            count = np.bincount(inverse).astype(float)
+            means = np.bincount(inverse, weights=tab.service_times) / count
+            spread = np.bincount(inverse, weights=(tab.service_times - means[inverse]) ** 2) / np.maximum(count - 1, 1)
+            lat_ax.errorbar(levels, means, yerr=1.96 * np.sqrt(spread / count), fmt="o", ms=4, capsize=2, color=color)
+        else:
+            lat_ax.plot(tab.service_budgets, tab.service_times, "o", ms=4, color=color)
+        lat = t.latency
+        lat_ax.plot(grid, lat.t0 + lat.c * grid, color=color, lw=1.6, label=f"{t.name}: t0={lat.t0:.3g} s, c={lat.c:.3g} s/token")
+    for ax in (acc_ax, lat_ax):
+        ax.set_xscale("symlog", linthresh=low)
+        ax.set_xlabel("thinking budget ℓ (tokens)")
+        ax.grid(alpha=0.3)
+    acc_ax.set_ylabel("accuracy")
+    acc_ax.set_ylim(-0.02, 1.02)
+    acc_ax.set_title(r"accuracy: measured (95% Wilson) and $p(\ell) = A(1 - e^{-b\ell}) + D$", fontsize=10)
+    legend = dict(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
+    acc_ax.legend(**legend)
+    lat_ax.set_ylabel("service time (s)")
+    lat_ax.set_title(r"service time: measured mean and $t(\ell) = t_0 + c\ell$", fontsize=10)
+    if lat_ax.lines:
+        positive = [float(t.latency.t0) for t in cal.tasks if t.latency is not None and t.latency.t0 > 0]
+        lat_ax.set_yscale("symlog", linthresh=min(positive, default=0.01))
+        lat_ax.legend(**legend)
+    else:
+        lat_ax.text(0.5, 0.5, "no service times in the file", ha="center", va="center", transform=lat_ax.transAxes)
+    if title:
+        fig.suptitle(title)
+    _save(fig, plt, path)

@@ -24,10 +24,7 @@ from .benchmarks import Item, grade
 from .chat import ThinkingFormat, decode, prompt_ids
 from .generate import Generation
 
-try:  # the measurement format of `jaxalloc calibrate fit`
-    from .data import append_rows, measured_keys
-except ImportError:  # pragma: no cover - until the data module lands
-    from ._rows import append_rows, measured_keys
+from .data import append_rows, measured_keys
 
 
 class Backend(Protocol):
