@@ -218,3 +218,72 @@ def test_option_parsing():
     for bad in ("a,b", "-1,2", "1,1", ""):
         with pytest.raises(ValueError, match="--budgets"):
             parse_budgets(bad)
+
+
+def _fit_accepts(path, tmp_path, capsys):
+    from jaxalloc.cli import main
+
+    profile = str(tmp_path / "fitted.toml")
+    assert main(["calibrate", "fit", path, "--out", profile, "--json"]) == 0
+    capsys.readouterr()
+    import jaxalloc as ja
+
+    return ja.load_profile(profile)
+
+
+@pytest.mark.slow
+def test_cli_measure_flax_then_fit(setup, tmp_path, capsys):
+    from jaxalloc.cli import main
+
+    out = str(tmp_path / "cli.csv")
+    argv = ["calibrate", "measure", "--model", setup["folder"], "--task", f"gsm8k={setup['data']['gsm8k']}",
+            "--task", f"ARC-Challenge={setup['data']['arc']}", "--budgets", "0,100,300", "--samples", "2",
+            "--repeats", "2", "--answer-tokens", "4", "--dtype", "float32", "--out", out, "--no-progress", "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["written"] == 24 and summary["skipped"] == 0 and len(summary["groups"]) == 6
+    assert main(argv) == 0  # a second run finds everything measured
+    assert json.loads(capsys.readouterr().out)["skipped"] == 24 and len(_rows(out)) == 24
+    problem = _fit_accepts(out, tmp_path, capsys)
+    assert set(problem.names) == {"GSM8K", "ARC-Challenge"}
+
+
+@pytest.mark.slow
+def test_cli_measure_openai_then_fit(setup, tmp_path, capsys):
+    from jaxalloc.cli import main
+
+    out = str(tmp_path / "served.csv")
+    tok, fmt = setup["tokenizer"], setup["fmt"]
+    with CompletionServer(setup["engine"], tok, fmt.stop_ids) as server:
+        argv = ["calibrate", "measure", "--backend", "openai", "--base-url", server.url, "--model", setup["folder"],
+                "--task", f"gsm8k={setup['data']['gsm8k']}", "--budgets", "0,60,180", "--samples", "3",
+                "--repeats", "2", "--answer-tokens", "4", "--temperature", "0", "--out", out, "--no-progress"]
+        assert main(argv) == 0
+    assert "18 rows written" in capsys.readouterr().out
+    rows = _rows(out)
+    assert len(rows) == 18 and all(int(r["thinking_tokens"]) == int(r["budget"]) for r in rows)
+    _fit_accepts(out, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--task": "mmlu=x.jsonl"}, "unknown benchmark"),
+    ({"--task": "gsm8k=/nonexistent/x.jsonl"}, "no such file"),
+    ({"--budgets": "0,-5"}, "--budgets"),
+    ({"--samples": "0"}, "--samples = 0"),
+    ({"--out": "/nonexistent/dir/m.csv"}, "no such directory"),
+    ({"--out": "m.txt"}, "expected a .csv"),
+    ({"--backend": "openai"}, "needs --base-url"),
+    ({"--base-url": "http://127.0.0.1:9"}, "only with --backend openai"),
+    ({"--model": "/nonexistent/model"}, "no such directory"),
+])
+def test_cli_measure_bad_input(setup, tmp_path, capsys, change, message):
+    from jaxalloc.cli import main
+
+    args = {"--model": setup["folder"], "--task": f"gsm8k={setup['data']['gsm8k']}",
+            "--out": str(tmp_path / "m.csv")}
+    args.update(change)
+    argv = ["calibrate", "measure"] + [x for kv in args.items() for x in kv] + ["--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+    assert not os.path.exists(tmp_path / "m.csv")

@@ -18,13 +18,14 @@ import json
 import os
 import sys
 import zlib
+from pathlib import Path
 from typing import Mapping, NamedTuple, Protocol, Sequence
 
 from .benchmarks import Item, grade
 from .chat import ThinkingFormat, decode, prompt_ids
 from .generate import Generation
 
-from .data import append_rows, measured_keys
+from .data import _repair_torn_line, append_rows, measured_keys
 
 
 class Backend(Protocol):
@@ -99,6 +100,8 @@ def measure(backend: Backend, tokenizer, fmt: ThinkingFormat, tasks: Mapping[str
         raise ValueError(f"repeats = {repeats}: must be >= 1")
     if answer_tokens < 1:
         raise ValueError(f"answer_tokens = {answer_tokens}: must be >= 1")
+    if os.path.isfile(out) and out.lower().endswith(".csv"):
+        _repair_torn_line(Path(out))  # a row cut short by a kill: dropped before reading the keys
     done = measured_keys(out)
     todo = [(r, b, item) for r in range(repeats) for b in budgets for items in tasks.values() for item in items
             if (item.task, b, r, item.id) not in done]
