@@ -11,7 +11,8 @@ FIFO server does) in two jitted calls:
   the `suppress_ids` masked out), *forced* (the next ``len(forced)`` steps
   emit the forced ids), *answer* (sampled freely; a token in `stop_ids` ends
   the loop, and so does reaching ``think + len(forced) + answer`` tokens).
-  The model is not run on the last token.
+  The model runs once per token after the first (whose logits come from
+  prefill), never on the last one.
 
 Phase lengths are traced values, so budgets never recompile; shapes depend
 only on the (prompt bucket, cache bucket) pair. The first request of a new
@@ -66,9 +67,12 @@ def _bucket(n: int, least: int) -> int:
 
 
 def _sample(logits, temperature, key):
-    greedy = jnp.argmax(logits).astype(jnp.int32)
-    sampled = jax.random.categorical(key, logits / jnp.maximum(temperature, 1e-6)).astype(jnp.int32)
-    return jnp.where(temperature > 0, sampled, greedy)
+    """Greedy for temperature 0 (no random numbers drawn), else softmax sampling at that temperature."""
+    return jax.lax.cond(
+        temperature > 0,
+        lambda: jax.random.categorical(key, logits / jnp.maximum(temperature, 1e-6)).astype(jnp.int32),
+        lambda: jnp.argmax(logits).astype(jnp.int32),
+    )
 
 
 def _prefill(graphdef, state, tokens, length, cache_len: int):
@@ -83,26 +87,25 @@ def _decode(graphdef, state, cache, logits, start, think, forced, n_forced, answ
     total = think + n_forced + answer
     out = jnp.zeros((cache.length,), jnp.int32)
 
-    def body(carry):
-        i, cache, logits, out, _, _ = carry
+    def choose(i, logits):
+        """Token `i` from its logits: thinking (suppressed ids masked), forced, or answer."""
         masked = jnp.where((i < think) & suppress, -jnp.inf, logits)
         token = _sample(masked, temperature, jax.random.fold_in(key, i))
         in_forced = (i >= think) & (i < think + n_forced)
         token = jnp.where(in_forced, forced[jnp.clip(i - think, 0, forced.shape[0] - 1)], token)
-        out = out.at[i].set(token)
         stopped = (i >= think + n_forced) & stop[token]
-        done = stopped | (i + 1 >= total)
+        return token, stopped, stopped | (i + 1 >= total)
 
-        def step(cache):
-            new_logits, cache = model(token[None, None], start + i, cache)
-            return new_logits[0, 0], cache
+    def body(carry):  # the model runs on the previous token only when another one is due
+        i, cache, previous, out, _, _ = carry
+        logits, cache = model(previous[None, None], start + i - 1, cache)
+        token, stopped, done = choose(i, logits[0, 0])
+        return i + 1, cache, token, out.at[i].set(token), done, stopped
 
-        logits, cache = jax.lax.cond(done, lambda c: (logits, c), step, cache)
-        return i + 1, cache, logits, out, done, stopped
-
-    carry = (jnp.int32(0), cache, logits, out, total <= 0, jnp.bool_(False))
+    token, stopped, done = choose(0, logits)
+    carry = (jnp.int32(1), cache, token, out.at[0].set(token), done | (total <= 0), stopped)
     n, _, _, out, _, stopped = jax.lax.while_loop(lambda c: ~c[4], body, carry)
-    return out, n, stopped
+    return out, jnp.where(total <= 0, 0, n), stopped & (total > 0)
 
 
 class Engine:
@@ -132,10 +135,11 @@ class Engine:
             self._masks[key] = jnp.asarray(mask)
         return self._masks[key]
 
-    def buckets(self, prompt_tokens: int, steps: int) -> tuple[int, int]:
-        """(prompt bucket, cache bucket) for a prompt of `prompt_tokens` and up to `steps` generated tokens."""
+    def buckets(self, prompt_tokens: int, steps: int, min_cache: int = 0) -> tuple[int, int]:
+        """(prompt bucket, cache bucket) for a prompt of `prompt_tokens` and up to `steps` generated
+        tokens, the cache at least `min_cache` long."""
         prompt_bucket = _bucket(prompt_tokens, self.min_bucket)
-        return prompt_bucket, _bucket(max(prompt_bucket, prompt_tokens + steps), self.min_bucket)
+        return prompt_bucket, _bucket(max(prompt_bucket, prompt_tokens + steps, min_cache), self.min_bucket)
 
     def _call(self, prompt, buckets, think, forced, answer, suppress, stop, temperature, seed):
         prompt_bucket, cache_len = buckets
@@ -158,14 +162,16 @@ class Engine:
 
     def run(self, prompt: Sequence[int], *, think: int = 0, forced: Sequence[int] = (), answer: int = 0,
             suppress_ids: Sequence[int] = (), stop_ids: Sequence[int] = (), temperature: float = 0.0,
-            seed: int = 0) -> Run:
+            seed: int = 0, min_cache: int = 0) -> Run:
         """Prefill `prompt`, then decode `think` tokens, the `forced` ids, and up to `answer` tokens.
 
         **Arguments:** `prompt`: token ids; `think`: tokens generated with
         `suppress_ids` forbidden; `forced`: ids emitted next (at most
         ``FORCED_CAPACITY``); `answer`: most tokens generated after them, a
         token in `stop_ids` ending early; `temperature`: 0 for greedy, else
-        softmax sampling at that temperature; `seed`: sampling seed.
+        softmax sampling at that temperature; `seed`: sampling seed;
+        `min_cache`: the least cache length (one bucket for several requests,
+        so that they share one compiled decode loop).
 
         **Returns:** a :class:`Run`. Raises ValueError for an empty prompt,
         negative counts or a request longer than the model's context.
@@ -178,10 +184,10 @@ class Engine:
         if len(forced) > FORCED_CAPACITY:
             raise ValueError(f"forced: {len(forced)} ids, at most {FORCED_CAPACITY}")
         steps = think + len(forced) + answer
-        if len(prompt) + steps > self.config.max_position_embeddings:
+        if len(prompt) + steps > self.config.max_position_embeddings:  # rotary positions beyond training
             raise ValueError(f"prompt ({len(prompt)}) + tokens ({steps}) exceed the model's context "
                              f"({self.config.max_position_embeddings})")
-        buckets = self.buckets(len(prompt), steps)
+        buckets = self.buckets(len(prompt), steps, min_cache)
         suppress, stop = self._mask(suppress_ids), self._mask(stop_ids)
         if buckets not in self._warm:  # compile both calls on a short run, untimed
             self._call(prompt, buckets, 0, (), 1, suppress, stop, 0.0, 0)

@@ -178,7 +178,7 @@ class Attention(nnx.Module):
         self.q_norm = RMSNorm(d, c.rms_norm_eps, param_dtype=param_dtype)
         self.k_norm = RMSNorm(d, c.rms_norm_eps, param_dtype=param_dtype)
 
-    def __call__(self, x, cos, sin, keys, values, start, mask):
+    def __call__(self, x, cos, sin, keys, values, start, mask, span):
         b, t, _ = x.shape
         q = self.q_norm(self.q_proj(x).reshape(b, t, self.heads, self.head_dim))
         k = self.k_norm(self.k_proj(x).reshape(b, t, self.kv_heads, self.head_dim))
@@ -188,11 +188,11 @@ class Attention(nnx.Module):
         values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), start, axis=1)
         group = self.heads // self.kv_heads
         q = q.reshape(b, t, self.kv_heads, group, self.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, keys.astype(q.dtype),
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, keys[:, :span].astype(q.dtype),
                             preferred_element_type=jnp.float32) * self.head_dim ** -0.5
         scores = jnp.where(mask, scores, -jnp.inf)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, values.astype(v.dtype))
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, values[:, :span].astype(v.dtype))
         return self.o_proj(out.reshape(b, t, self.heads * self.head_dim)), keys, values
 
 
@@ -218,8 +218,8 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, param_dtype=param_dtype)
         self.mlp = MLP(config, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, x, cos, sin, keys, values, start, mask):
-        h, keys, values = self.self_attn(self.input_layernorm(x), cos, sin, keys, values, start, mask)
+    def __call__(self, x, cos, sin, keys, values, start, mask, span):
+        h, keys, values = self.self_attn(self.input_layernorm(x), cos, sin, keys, values, start, mask, span)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), keys, values
 
@@ -266,17 +266,19 @@ class Qwen3(nnx.Module):
         """
         c = self.config
         b, t = tokens.shape
+        from_zero = isinstance(start, int) and start == 0  # prefill: keys beyond the T tokens are all masked
         start = jnp.asarray(start, jnp.int32)
         if cache is None:
             cache = KVCache.zeros(c, b, t, self.dtype)
         positions = start + jnp.arange(t, dtype=jnp.int32)[None, :].repeat(b, axis=0)
         cos, sin = rotary(positions, c.head_dim, c.rope_theta, self.dtype)
-        key_pos = jnp.arange(cache.length, dtype=jnp.int32)
-        mask = key_pos[None, :] <= (start + jnp.arange(t, dtype=jnp.int32))[:, None]  # [T, S], causal over the cache
+        span = t if from_zero else cache.length  # key positions attended to
+        key_pos = jnp.arange(span, dtype=jnp.int32)
+        mask = key_pos[None, :] <= (start + jnp.arange(t, dtype=jnp.int32))[:, None]  # [T, span], causal
         x = self.model.embed_tokens(tokens)
         keys, values = [], []
         for i, layer in enumerate(self.model.layers):
-            x, k, v = layer(x, cos, sin, cache.keys[i], cache.values[i], start, mask)
+            x, k, v = layer(x, cos, sin, cache.keys[i], cache.values[i], start, mask, span)
             keys.append(k)
             values.append(v)
         if last is not None:
