@@ -147,6 +147,7 @@ def test_exact_thinking_budget_when_the_model_wants_to_stop(model, tokenizer, ch
     prompt = prompt_ids(tokenizer, fmt, "What is 2+2?")
     engine = Engine(biased, min_bucket=128)
     assert int(engine.run(prompt, answer=1).tokens[0]) == token  # unforced, it stops at once
+    compiled = engine._decode._cache_size()
     for budget in (0, 1, 2, 7, 33, 100):
         g = generate(engine, fmt, prompt, budget, answer_tokens=5)
         assert g.thinking_tokens == budget == len(g.thinking_ids)
@@ -156,6 +157,8 @@ def test_exact_thinking_budget_when_the_model_wants_to_stop(model, tokenizer, ch
         else:  # a stop token: the answer ends at once
             assert g.answer_tokens == 1 and g.stopped and g.answer_ids == []
         assert g.prefill_s > 0 and g.decode_s > 0 and g.service_s == pytest.approx(g.prefill_s + g.decode_s)
+    # budgets are traced: one more compile, for the cache bucket of the largest budget only
+    assert engine._decode._cache_size() == compiled + 1
 
 
 def test_forced_closing_and_sampling(model, tokenizer, checkpoint):

@@ -183,10 +183,11 @@ class OpenAIBackend:
         answer = self.complete(list(prompt) + thinking + list(fmt.close_ids), max_tokens=answer_tokens,
                                temperature=temperature, seed=seed + 1)
         streams.append(answer)
-        ids = answer.token_ids
+        ids, stops = answer.token_ids, set(fmt.stop_ids)
         stopped = answer.finish_reason == "stop"
-        answer_ids = [t for t in ids if t not in set(fmt.stop_ids)] if stopped else list(ids)
-        answer_count = len(ids) + (1 if stopped and (not ids or ids[-1] not in fmt.stop_ids) else 0)
+        answer_ids = [t for t in ids if t not in stops] if stopped else list(ids)
+        # the stop token was sampled even where the server leaves it out of the ids: counted, as locally
+        answer_count = len(ids) + (1 if stopped and (not ids or ids[-1] not in stops) else 0)
         service = sum(s.e2e_s for s in streams)
         prefill = streams[0].ttft_s
         return Generation(thinking, answer_ids, len(thinking), answer_count, stopped, len(prompt), prefill,

@@ -255,7 +255,9 @@ class Qwen3(nnx.Module):
         """Logits for `tokens` ``[batch, T]`` at positions ``start … start + T − 1``.
 
         **Arguments:** `tokens` (int); `start` (int scalar, may be traced): the
-        position of the first token and where its key/value are written;
+        position of the first token and where its key/value are written (a
+        Python ``0`` means prefill: attention then reads only the first `T`
+        cache positions, the rest being masked anyway);
         `cache`: a :class:`KVCache` holding positions ``< start`` (None: a
         fresh one of `T` positions, `start` must be 0); `last`: if given, an
         int scalar ``i < T`` and only the logits of token `i` are computed
@@ -303,13 +305,12 @@ def random_model(config: ModelConfig, param_dtype=jnp.bfloat16, seed: int = 0) -
 
     **Returns:** the :class:`Qwen3` (normal(0, 0.02) weights, unit norms).
     """
-    graphdef, abstract = nnx.split(abstract_model(config, param_dtype))
+    graphdef, _ = nnx.split(abstract_model(config, param_dtype))
 
     @jax.jit
     def init():
         return nnx.state(Qwen3(config, param_dtype=param_dtype, rngs=nnx.Rngs(seed)))
 
-    del abstract
     return nnx.merge(graphdef, init())
 
 
