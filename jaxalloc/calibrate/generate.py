@@ -104,8 +104,9 @@ def _decode(graphdef, state, cache, logits, start, think, forced, n_forced, answ
 
     token, stopped, done = choose(0, logits)
     carry = (jnp.int32(1), cache, token, out.at[0].set(token), done | (total <= 0), stopped)
-    n, _, _, out, _, stopped = jax.lax.while_loop(lambda c: ~c[4], body, carry)
-    return out, jnp.where(total <= 0, 0, n), stopped & (total > 0)
+    n, cache, _, out, _, stopped = jax.lax.while_loop(lambda c: ~c[4], body, carry)
+    # the cache is returned so that the donated input buffers alias it (updated in place, not copied)
+    return out, jnp.where(total <= 0, 0, n), stopped & (total > 0), cache
 
 
 class Engine:
@@ -121,9 +122,9 @@ class Engine:
         self.config = model.config
         self.min_bucket = int(min_bucket)
         self.pad_id = int(pad_id)
-        donate = ("cache",) if jax.default_backend() != "cpu" else ()
         self._prefill = jax.jit(partial(_prefill, self.graphdef), static_argnames=("cache_len",))
-        self._decode = jax.jit(partial(_decode, self.graphdef), donate_argnames=donate)
+        # the cache is donated: the loop updates it in place instead of copying it first
+        self._decode = jax.jit(partial(_decode, self.graphdef), donate_argnames=("cache",))
         self._warm: set[tuple[int, int]] = set()
         self._masks: dict[tuple[int, ...], jax.Array] = {}
 
@@ -151,12 +152,12 @@ class Engine:
         logits, cache = self._prefill(self.state, jnp.asarray(tokens), jnp.int32(len(prompt)), cache_len=cache_len)
         jax.block_until_ready((logits, cache))
         t1 = time.perf_counter()
-        out, n, stopped = self._decode(
+        out, n, stopped, cache = self._decode(
             self.state, cache, logits, jnp.int32(len(prompt)), jnp.int32(think), jnp.asarray(forced_buf),
             jnp.int32(len(forced)), jnp.int32(answer), suppress, stop, jnp.float32(temperature),
             jax.random.key(seed),
         )
-        jax.block_until_ready((out, n, stopped))
+        jax.block_until_ready((out, n, stopped, cache))
         t2 = time.perf_counter()
         return np.asarray(out)[: int(n)], bool(stopped), t1 - t0, t2 - t1
 
