@@ -237,7 +237,7 @@ def test_cli_measure_flax_then_fit(setup, tmp_path, capsys):
 
     out = str(tmp_path / "cli.csv")
     argv = ["calibrate", "measure", "--model", setup["folder"], "--task", f"gsm8k={setup['data']['gsm8k']}",
-            "--task", f"ARC-Challenge={setup['data']['arc']}", "--budgets", "0,100,300", "--samples", "2",
+            "--task", f"ARC-Challenge={setup['data']['arc']}", "--budgets", "0,200,600", "--samples", "2",
             "--repeats", "2", "--answer-tokens", "4", "--dtype", "float32", "--out", out, "--no-progress", "--json"]
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
@@ -256,7 +256,7 @@ def test_cli_measure_openai_then_fit(setup, tmp_path, capsys):
     tok, fmt = setup["tokenizer"], setup["fmt"]
     with CompletionServer(setup["engine"], tok, fmt.stop_ids) as server:
         argv = ["calibrate", "measure", "--backend", "openai", "--base-url", server.url, "--model", setup["folder"],
-                "--task", f"gsm8k={setup['data']['gsm8k']}", "--budgets", "0,60,180", "--samples", "3",
+                "--task", f"gsm8k={setup['data']['gsm8k']}", "--budgets", "0,200,600", "--samples", "3",
                 "--repeats", "2", "--answer-tokens", "4", "--temperature", "0", "--out", out, "--no-progress"]
         assert main(argv) == 0
     assert "18 rows written" in capsys.readouterr().out
