@@ -18,7 +18,10 @@ ITEMS = 100
 CV = 0.05
 
 
-def main(path: Path = Path(__file__).with_name("example_measurements.csv"), seed: int = 2024) -> None:
+OUT = Path(__file__).with_name("example_measurements.csv")
+
+
+def main(path: Path = OUT, seed: int = 2024) -> None:
     paper = paper_profile()
     rng = np.random.default_rng(seed)
     sigma = np.sqrt(np.log1p(CV**2))

@@ -135,7 +135,10 @@ def _convert(column: str, raw: Any, where: str) -> Any:
     kind = _KINDS[column]
     bad = lambda why: CalibrationError(f"{where}: {column} = {_show(raw)}: {why}")
     if kind == "text":
-        return str(raw).strip()
+        text = str(raw).strip()
+        if (column == "task" and any(ch in text for ch in '"\\')) or any(ord(ch) < 32 for ch in text):
+            raise bad("must not contain quotes, backslashes or control characters (it becomes a profile name)")
+        return text
     if kind == "bool":
         text = str(raw).strip().lower()
         if isinstance(raw, (bool, np.bool_)):
@@ -233,7 +236,7 @@ def _build(form: str, raw_columns: Mapping[str, list], labels: list[str], source
 
 def _read_csv_lines(path: Path) -> tuple[list[str], list[list[str]], list[str]]:
     """Header, rows and row labels ("line N") of a CSV file, comments and blank lines skipped."""
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a byte-order mark from spreadsheets
         numbered = [(k, line) for k, line in enumerate(f, start=1) if line.strip() and not line.lstrip().startswith("#")]
     if not numbered:
         raise CalibrationError(f"{path}: empty file (no header)")
@@ -258,9 +261,11 @@ def _pyarrow_parquet():
 
 def _read_parquet(path: Path) -> tuple[list[str], dict[str, list], list[str]]:
     pq = _pyarrow_parquet()
+    import pyarrow as pa
+
     try:
         table = pq.read_table(path)
-    except Exception as err:  # pyarrow raises several types for a bad file
+    except (pa.ArrowException, OSError) as err:
         raise CalibrationError(f"{path}: cannot read as Parquet: {' '.join(str(err).split())}") from None
     header = list(table.column_names)
     columns = {name: table.column(name).to_pylist() for name in header}
@@ -326,7 +331,7 @@ def _cell(value: Any) -> str:
 
 def _csv_header(path: Path) -> list[str] | None:
     """The header of an existing CSV file, or None if it has no header yet."""
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         for line in f:
             if line.strip() and not line.lstrip().startswith("#"):
                 return [h.strip() for h in next(csv.reader([line]))]
@@ -408,7 +413,7 @@ def append_rows(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> int:
     return _append_parquet(path, rows, present)
 
 
-_ARROW_TYPES = {"text": "string", "count": "int64", "bool": "bool", "seconds": "float64"}
+_ARROW_TYPES = {"text": "string", "count": "int64", "bool": "bool_", "seconds": "float64"}
 
 
 def _append_parquet(path: Path, rows: list[dict], present: list[str]) -> int:

@@ -126,8 +126,8 @@ def format_calibration(report: dict[str, Any], title: str = "") -> str:
     if report.get("profile"):
         lines += [
             "",
-            f"profile written to {report['profile']} (λ = {report['arrival_rate']:g}/s, α = {report['alpha']:g}, "
-            f"ℓ_max = {report['max_tokens']:g}); solve it with: jaxalloc solve {report['profile']}",
+            (f"profile written to {report['profile']} (λ = {report['arrival_rate']:g}/s, α = {report['alpha']:g}, "
+             f"ℓ_max = {report['max_tokens']:g}); solve it with: jaxalloc solve {report['profile']}"),
         ]
     return "\n".join(lines)
 
