@@ -176,8 +176,9 @@ def newton_batch(problem: Problem, fields: dict, tol=None, max_steps: int = 40, 
     k = prepare(problem, fields)
     tol = resolve_tol(tol, k.S.dtype)
     size = k.lam.shape[0]
-    s = advance(k, init(k, tol), tol, min(first_steps, max_steps))
-    if size > block and size % block == 0 and first_steps < max_steps:
+    compact = size > block and size % block == 0 and first_steps < max_steps
+    s = advance(k, init(k, tol), tol, first_steps if compact else max_steps)
+    if compact:
         go = running(s, max_steps)
         order = jnp.argsort(~go, stable=True)
         blocks = lambda x: jnp.moveaxis(x.reshape(*x.shape[:-1], size // block, block), -2, 0) if x.shape[-1] == size else \
