@@ -90,7 +90,7 @@ def _partition(flags):
     return jnp.zeros_like(slot).at[slot].set(jnp.arange(slot.size, dtype=slot.dtype))
 
 
-def solve_batch(problem: Problem, fields: dict, solver=AggregateNewton(), *, first_steps: int = 4, block: int = 128) -> Solution:
+def solve_batch(problem: Problem, fields: dict, solver=AggregateNewton(), *, first_steps: int = 6, block: int | None = None) -> Solution:
     """Solve a batch of points, like `vmap(solve_point)`, but without making
     every lane wait for the slowest.
 
@@ -109,7 +109,8 @@ def solve_batch(problem: Problem, fields: dict, solver=AggregateNewton(), *, fir
     `while_loop` over a batch runs until its last point stops (9-14 steps on a
     wide (λ, α) grid, for a median of 3), every point first takes
     `first_steps` steps, then the points still running are finished in blocks
-    of `block`, blocks with nothing left to do skipped. The safeguard
+    of `block` (default: an eighth of the batch, between 8 and 128), blocks
+    with nothing left to do skipped. The safeguard
     (:meth:`AggregateNewton.rescue`) runs only in batches where Newton failed.
     Other solvers are vmapped as they are.
 
@@ -122,6 +123,8 @@ def solve_batch(problem: Problem, fields: dict, solver=AggregateNewton(), *, fir
         budgets, steps, done = jax.vmap(lambda f: solver(at(**f)))(solve_fields)
         return jax.vmap(lambda f, *r: _summarize(at(**f), *r))(fields, budgets, steps, done, stable0)
 
+    size = rate.shape[0]
+    block = max(8, min(128, size // 8)) if block is None else block
     budgets, steps, done = newton_batch(problem, solve_fields, solver.tol, solver.max_steps, first_steps, block)
     # the safeguard (rare), for the whole batch only when a point needs it
     rescue = jax.vmap(lambda f, *o: solver.rescue(at(**f), *o))

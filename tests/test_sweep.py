@@ -113,7 +113,7 @@ def test_solve_batch_equals_vmapped_solve_point(paper):
     ref = jax.jit(jax.vmap(lambda f: solve_point(paper.replace(**f))))(fields)
     np.testing.assert_array_equal(np.asarray(got.status), np.asarray(ref.status))
     np.testing.assert_allclose(np.asarray(got.budgets), np.asarray(ref.budgets), rtol=1e-9, atol=1e-8)
-    assert np.asarray(got.iterations).max() > 4  # some lanes did need the second phase
+    assert np.asarray(got.iterations).max() > 6  # some lanes did need the second phase (first_steps = 6)
 
 
 def test_float32_accuracy(paper, grid, small):

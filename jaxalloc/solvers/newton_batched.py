@@ -162,7 +162,7 @@ def take(tree, index):
     return jax.tree_util.tree_map(lambda x: x[..., index] if x.shape[-1] != 1 else x, tree)
 
 
-def newton_batch(problem: Problem, fields: dict, tol=None, max_steps: int = 40, first_steps: int = 4,
+def newton_batch(problem: Problem, fields: dict, tol=None, max_steps: int = 40, first_steps: int = 6,
                  block: int = 128):
     """Aggregate Newton on a batch of points.
 
