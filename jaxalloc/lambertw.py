@@ -194,6 +194,14 @@ def _log_lambertw_log_jvp(primals, tangents):
     return log_w.astype(s.dtype), v * s_dot
 
 
+def lambertw_and_log(s):
+    """(W0(e^s), log W0(e^s)) together, for code that writes its own derivatives
+    (no custom JVP here; see :func:`log_lambertw_log` for the autodiff-ready one)."""
+    s = _as_float(s)
+    w, log_w = _core(s.astype(_compute_dtype(s.dtype)), with_log=True)
+    return w.astype(s.dtype), log_w.astype(s.dtype)
+
+
 @jax.jit
 def log_lambertw_log(s):
     r"""$\log W_0(e^{s})$, computed from $s$ without any logarithm.

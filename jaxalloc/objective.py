@@ -92,7 +92,10 @@ def delay_prices(arrival_rate, m1, m2) -> tuple[Array, Array]:
     These are the marginal delay costs of the two moments; the KKT condition
     (eq. 17) of task k reads α A_k b_k e^{−b_k ℓ_k} = c_k (T1 + 2 T2 t_k(ℓ_k)).
     """
-    return jax.grad(mean_system_time, argnums=(1, 2))(arrival_rate, m1, m2)
+    # E[T] is elementwise in its arguments, so the gradient of the sum gives the
+    # derivatives of every element at once (scalars and batches alike)
+    total = lambda a, b: jnp.sum(mean_system_time(arrival_rate, a, b))
+    return jax.grad(total, argnums=(0, 1))(m1, m2)
 
 
 def kkt_residual(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, ""]:

@@ -20,6 +20,7 @@ from .model import Problem, validate
 from .objective import kkt_residual, moments, objective
 from .solution import Solution, Status, final_status
 from .solvers import METHODS, AggregateNewton
+from .solvers.newton_batched import newton_batch
 
 
 class SolveError(RuntimeError):
@@ -103,38 +104,28 @@ def solve_batch(problem: Problem, fields: dict, solver=AggregateNewton(), *, fir
     - `solver`: a solver module.
     - `first_steps`, `block`: see below.
 
-    Under `vmap` a `while_loop` runs until its last lane stops, so a batch costs
-    its slowest point's iterations (9-14 on a wide (λ, α) grid, for a median of
-    3). For :class:`AggregateNewton`, every lane first takes `first_steps`
-    iterations; the lanes still running are then moved to the front and
-    finished in blocks of `block` lanes, and blocks with nothing left to do
-    are skipped (`lax.cond`); the safeguard runs only in blocks where Newton
-    failed. Other solvers are vmapped as they are.
+    :class:`AggregateNewton` runs as :func:`~jaxalloc.solvers.newton_batched.newton_batch`:
+    the whole batch task-major with a hand-written Jacobian, and, since a
+    `while_loop` over a batch runs until its last point stops (9-14 steps on a
+    wide (λ, α) grid, for a median of 3), every point first takes
+    `first_steps` steps, then the points still running are finished in blocks
+    of `block`, blocks with nothing left to do skipped. The safeguard
+    (:meth:`AggregateNewton.rescue`) runs only in batches where Newton failed.
+    Other solvers are vmapped as they are.
 
     **Returns:** a :class:`Solution` with a leading batch axis.
     """
     at = problem.replace
     rate, stable0 = jax.vmap(lambda f: _stand_in(at(**f)))(fields)
     solve_fields = {**fields, "arrival_rate": rate}
-    size = rate.shape[0]
-    if not isinstance(solver, AggregateNewton) or size % block or size <= block:
+    if not isinstance(solver, AggregateNewton):
         budgets, steps, done = jax.vmap(lambda f: solver(at(**f)))(solve_fields)
         return jax.vmap(lambda f, *r: _summarize(at(**f), *r))(fields, budgets, steps, done, stable0)
 
-    state = jax.vmap(lambda f: solver.advance(at(**f), solver.init(at(**f)), first_steps))(solve_fields)
-    running = jax.vmap(solver.running)(state)
-    order = _partition(running)
-
-    def finish_block(args):
-        f, s, run = args
-        s = lax.cond(jnp.any(run), jax.vmap(lambda f, s: solver.advance(at(**f), s)), lambda f, s: s, f, s)
-        out = (s.ell, s.steps, jax.vmap(solver.converged)(s))
-        return lax.cond(jnp.all(out[2]), lambda f, *o: o, jax.vmap(lambda f, *o: solver.rescue(at(**f), *o)), f, *out)
-
-    blocks = lambda x: x[order].reshape(size // block, block, *x.shape[1:])
-    out = lax.map(finish_block, jax.tree_util.tree_map(blocks, (solve_fields, state, running)))
-    unsort = lambda x: jnp.zeros_like(x.reshape(size, *x.shape[2:])).at[order].set(x.reshape(size, *x.shape[2:]))
-    budgets, steps, done = jax.tree_util.tree_map(unsort, out)
+    budgets, steps, done = newton_batch(problem, solve_fields, solver.tol, solver.max_steps, first_steps, block)
+    # the safeguard (rare), for the whole batch only when a point needs it
+    rescue = jax.vmap(lambda f, *o: solver.rescue(at(**f), *o))
+    budgets, steps, done = lax.cond(jnp.all(done), lambda f, *o: o, rescue, solve_fields, budgets, steps, done)
     return jax.vmap(lambda f, *r: _summarize(at(**f), *r))(fields, budgets, steps, done, stable0)
 
 

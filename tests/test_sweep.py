@@ -282,3 +282,34 @@ def test_two_processes_equal_one(tmp_path):
     one = subprocess.run(cmd(tmp_path / "one.parquet"), capture_output=True, text=True, env=ENV, timeout=300)
     assert one.returncode == 0, one.stderr
     assert (tmp_path / "two.parquet").read_bytes() == (tmp_path / "one.parquet").read_bytes()
+
+
+def test_batched_response_jacobian_equals_autodiff(paper):
+    """The hand-written Jacobian of the task-major Newton kernel against jacfwd
+    of moments(best_response(m)) (the autodiff definition), with some budgets
+    clipped at 0 and at ℓ_max."""
+    from jaxalloc.kkt import best_response
+    from jaxalloc.solvers.newton_batched import prepare, response
+
+    rng = np.random.default_rng(3)
+    n = 64
+    fields = dict(arrival_rate=jnp.asarray(rng.uniform(0.01, 0.4, n)),
+                  alpha=jnp.asarray(np.exp(rng.uniform(0, np.log(3000), n))),
+                  max_tokens=jnp.asarray(rng.choice([400.0, 32768.0], n)))
+    m0 = np.stack(ja.moments(paper, jnp.zeros(6)))
+    m = jnp.asarray(m0[:, None] * rng.uniform(1.0, 3.0, (2, n)))
+    m = m.at[1].set(jnp.maximum(m[1], m[0] ** 2 * 1.01))
+    ell, F, dF = response(prepare(paper, fields), m)
+
+    def F_point(f, mm):
+        p = paper.replace(**f)
+        return jnp.stack(ja.moments(p, best_response(p, mm[0], mm[1])))
+
+    ref_ell = jax.vmap(lambda f, mm: best_response(paper.replace(**f), mm[0], mm[1]))(fields, m.T)
+    ref_F = jax.vmap(F_point)(fields, m.T)
+    ref_dF = jax.vmap(jax.jacfwd(F_point, argnums=1))(fields, m.T)
+    clipped = np.asarray((ref_ell == 0) | (ref_ell == fields["max_tokens"][:, None]))
+    assert clipped.any() and (~clipped).any()
+    np.testing.assert_allclose(np.asarray(ell.T), np.asarray(ref_ell), rtol=1e-11, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(F.T), np.asarray(ref_F), rtol=1e-12)
+    np.testing.assert_allclose(np.moveaxis(np.asarray(dF), -1, 0), np.asarray(ref_dF), rtol=1e-9, atol=1e-12)

@@ -7,6 +7,13 @@
 
 The fitting names are loaded on first use, so that the command line (which registers
 `calibrate` for every command) does not import optimistix for `jaxalloc solve`.
+
+Measuring a model (needs the ``calibrate`` extra: flax, transformers, safetensors; not
+imported here): :mod:`~jaxalloc.calibrate.qwen3` (Flax NNX Qwen3, safetensors loading),
+:mod:`~jaxalloc.calibrate.generate` (KV cache, jitted prefill/decode, budget forcing),
+:mod:`~jaxalloc.calibrate.openai_backend` (a vLLM/SGLang server),
+:mod:`~jaxalloc.calibrate.benchmarks` (loaders and graders),
+:mod:`~jaxalloc.calibrate.measure` (the resumable measuring run).
 """
 
 from .data import (

@@ -56,6 +56,10 @@ def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
                           "(PNG; needs matplotlib: jaxalloc[plots])")
     fit.add_argument("--json", action="store_true", help="print JSON for programs")
     fit.set_defaults(calibrate_run=_cmd_fit)
+
+    from .measure_cli import add_measure_parser
+
+    add_measure_parser(group)
     return cal
 
 

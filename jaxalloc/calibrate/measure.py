@@ -1,0 +1,163 @@
+"""The measuring run: every (repeat, budget, task, item), graded and timed, appended as rows.
+
+Rows are written in the measurement format (``task, budget, repeat, correct,
+service_s`` plus ``item, prefill_s, decode_s, thinking_tokens,
+answer_tokens``), one per answered item, each appended and synced as soon as
+it is graded. A run that is stopped (Ctrl-C, a kill, a crash) and started
+again with the same options skips every (task, budget, repeat, item) already
+in the file, so nothing is measured twice and no row is duplicated; a last
+line torn by a kill is dropped before appending.
+
+Order: repeats outermost, then budgets, then tasks, then items, so that a
+partial file already holds every budget of the first repeat.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import zlib
+from pathlib import Path
+from typing import Mapping, NamedTuple, Protocol, Sequence
+
+from .benchmarks import Item, grade
+from .chat import ThinkingFormat, decode, prompt_ids
+from .generate import Generation
+
+from .data import _repair_torn_line, append_rows, measured_keys
+
+
+class Backend(Protocol):
+    """What a measuring run needs from a model: budget-forced generation."""
+
+    name: str
+
+    def generate(self, prompt: Sequence[int], budget: int, answer_tokens: int, *, temperature: float = 0.0,
+                 seed: int = 0) -> Generation: ...
+
+
+class MeasureReport(NamedTuple):
+    """What a measuring run did.
+
+    **Fields:** `written` (rows appended now); `skipped` (already in the
+    file); `groups`: ``{(task, budget): {"n", "correct", "service_s"}}`` over
+    the rows written now (``service_s`` summed).
+    """
+
+    written: int
+    skipped: int
+    groups: dict
+
+    def table(self) -> list[dict]:
+        """One dict per (task, budget): `task`, `budget`, `n`, `accuracy`, `mean_service_s`."""
+        return [{"task": t, "budget": b, "n": g["n"], "accuracy": g["correct"] / g["n"],
+                 "mean_service_s": g["service_s"] / g["n"]} for (t, b), g in self.groups.items()]
+
+
+def query_seed(seed: int, task: str, item: str, budget: int, repeat: int) -> int:
+    """A sampling seed that depends only on the run's `seed` and the query's key."""
+    return zlib.crc32(f"{seed}/{task}/{item}/{budget}/{repeat}".encode()) & 0x7FFFFFFF
+
+
+def _progress(total: int, enabled: bool):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with transformers
+        return None
+    return tqdm(total=total, unit="query", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+
+
+def measure(backend: Backend, tokenizer, fmt: ThinkingFormat, tasks: Mapping[str, Sequence[Item]],
+            budgets: Sequence[int], out: str, *, repeats: int = 1, answer_tokens: int = 512,
+            temperature: float = 0.0, seed: int = 0, progress: bool = True,
+            transcript: str | None = None) -> MeasureReport:
+    """Measure accuracy and service time of every task at every budget; append rows to `out`.
+
+    **Arguments:**
+
+    - `backend`: a :class:`~jaxalloc.calibrate.generate.LocalBackend` or
+      :class:`~jaxalloc.calibrate.openai_backend.OpenAIBackend`.
+    - `tokenizer`, `fmt`: the model's tokenizer and :class:`ThinkingFormat`.
+    - `tasks`: task name → items (:func:`~jaxalloc.calibrate.benchmarks.load_task`).
+    - `budgets`: thinking budgets ℓ (tokens, ≥ 0).
+    - `out`: measurement file (``.csv``; appended to, created if missing).
+    - `repeats`: independent runs per (task, budget, item), numbered from 0.
+    - `answer_tokens`: cap on the answer after ``</think>``.
+    - `temperature`, `seed`: sampling (0: greedy); each query's seed is
+      :func:`query_seed` of its key, so a resumed run samples as an
+      uninterrupted one would.
+    - `progress`: show a progress bar on stderr.
+    - `transcript`: optional JSON Lines file that gets each answer's text,
+      extracted answer, reference and request timings.
+
+    **Returns:** a :class:`MeasureReport`.
+    """
+    budgets = [int(b) for b in budgets]
+    if any(b < 0 for b in budgets):
+        raise ValueError(f"budgets = {budgets}: must be >= 0")
+    if repeats < 1:
+        raise ValueError(f"repeats = {repeats}: must be >= 1")
+    if answer_tokens < 1:
+        raise ValueError(f"answer_tokens = {answer_tokens}: must be >= 1")
+    if os.path.isfile(out) and out.lower().endswith(".csv"):
+        _repair_torn_line(Path(out))  # a row cut short by a kill: dropped before reading the keys
+    done = measured_keys(out)
+    todo = [(r, b, item) for r in range(repeats) for b in budgets for items in tasks.values() for item in items
+            if (item.task, b, r, item.id) not in done]
+    skipped = sum(len(items) for items in tasks.values()) * len(budgets) * repeats - len(todo)
+    prompts: dict[tuple[str, str], list[int]] = {}
+    groups: dict = {}
+    bar = _progress(len(todo), progress)
+    log = open(transcript, "a", encoding="utf-8") if transcript else None
+    try:
+        for repeat, budget, item in todo:
+            key = (item.task, item.id)
+            if key not in prompts:
+                prompts[key] = prompt_ids(tokenizer, fmt, item.question)
+            gen = backend.generate(prompts[key], budget, answer_tokens, temperature=temperature,
+                                   seed=query_seed(seed, item.task, item.id, budget, repeat))
+            text = decode(tokenizer, gen.answer_ids, fmt.stop_ids)
+            result = grade(text, item)
+            row = {"task": item.task, "budget": budget, "repeat": repeat, "item": item.id,
+                   "correct": bool(result.correct), "service_s": gen.service_s, "prefill_s": gen.prefill_s,
+                   "decode_s": gen.decode_s, "thinking_tokens": gen.thinking_tokens,
+                   "answer_tokens": gen.answer_tokens}
+            append_rows(out, [row])
+            if log is not None:
+                log.write(json.dumps(dict(row, prompt_tokens=gen.prompt_tokens, answer=text,
+                                          extracted=result.extracted, reference=item.reference,
+                                          requests=list(gen.requests))) + "\n")
+                log.flush()
+            g = groups.setdefault((item.task, budget), {"n": 0, "correct": 0, "service_s": 0.0})
+            g["n"] += 1
+            g["correct"] += int(result.correct)
+            g["service_s"] += gen.service_s
+            if bar is not None:
+                bar.set_postfix_str(f"{item.task} ℓ={budget} r={repeat}", refresh=False)
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.close()
+    return MeasureReport(sum(g["n"] for g in groups.values()), skipped, groups)
+
+
+def parse_task(spec: str) -> tuple[str, str]:
+    """``NAME=PATH`` of ``--task`` → (name, path); ValueError naming the spec otherwise."""
+    name, sep, path = spec.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise ValueError(f"--task = {spec!r}: expected NAME=PATH, e.g. gsm8k=data/gsm8k_test.jsonl")
+    return name.strip(), os.path.expanduser(path.strip())
+
+
+def parse_budgets(text: str) -> list[int]:
+    """``--budgets 0,64,256``: distinct integers ≥ 0, in the given order."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--budgets = {text!r}: expected comma-separated integers, e.g. 0,64,256,1024") from None
+    if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
+        raise ValueError(f"--budgets = {text!r}: need distinct integers >= 0")
+    return values
