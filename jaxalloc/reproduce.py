@@ -16,9 +16,10 @@ import csv
 import json
 import math
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -27,7 +28,14 @@ import numpy as np
 from jax import lax
 
 from .model import TASK_FIELDS, Problem, paper_profile
-from .objective import integer_lower_bound, mean_accuracy, mean_system_time, moments, objective, utilization
+from .objective import (
+    integer_lower_bound,
+    mean_accuracy,
+    mean_system_time,
+    moments,
+    objective,
+    utilization,
+)
 from .report import json_number
 from .solve import solve, solve_many
 from .solvers.integer import integer_budgets
@@ -70,8 +78,10 @@ def settings(*, quick: bool = False, queries: int | None = None, replications: i
     """The run's settings: the paper's (10,000-query runs, 20 replications for the
     95% intervals, 11 simulated points in Fig. 4, 60 arrival rates) or, with
     `quick`, a reduced set for smoke tests; `queries`/`replications` override either."""
-    base = dict(queries=2_000, replications=5, fig4_points=6, load_points=16) if quick else \
-        dict(queries=10_000, replications=20, fig4_points=11, load_points=60)
+    if quick:
+        base = {"queries": 2_000, "replications": 5, "fig4_points": 6, "load_points": 16}
+    else:
+        base = {"queries": 10_000, "replications": 20, "fig4_points": 11, "load_points": 60}
     if queries is not None:
         base["queries"] = queries
     if replications is not None:
@@ -324,6 +334,9 @@ def reproduce(out="results", *, quick: bool = False, queries: int | None = None,
     plots._pyplot()  # no matplotlib: fail before any work
     if measurements is not None and not Path(measurements).is_file():
         raise ReproduceError(f"measurements = '{measurements}': file not found")
+    problem = paper_profile()
+    names = list(problem.names)
+    markers, marker_info = _markers(measurements, names) if measurements is not None else (None, None)
     out = check_out(out)
     steps = 6
 
@@ -332,8 +345,6 @@ def reproduce(out="results", *, quick: bool = False, queries: int | None = None,
             now = time.perf_counter()
             progress(f"[{i}/{steps}, {now - start:5.1f} s] {text}")
 
-    problem = paper_profile()
-    names = list(problem.names)
     step(1, "Table I: solving the bundled profile and measuring what the printed digits allow")
     solution = solve(problem)
     star = np.asarray(solution.budgets)
@@ -342,7 +353,6 @@ def reproduce(out="results", *, quick: bool = False, queries: int | None = None,
     rounding = rounding_analysis(problem, star)
 
     step(2, "Fig. 2: accuracy curves")
-    markers, marker_info = _markers(measurements, names) if measurements is not None else (None, None)
     plots.plot_accuracy_curves(problem, star, out / FIGURES["fig2"], markers=markers,
                                marker_label=marker_info["label"] if marker_info else "")
 
@@ -476,8 +486,9 @@ def format_markdown(summary: dict[str, Any]) -> str:
         "",
     ]
     worst = max(abs(r[f"diff_{f}"]) for r in table for f in TASK_FIELDS)
-    lines += [f"The profile's parameters are Table I's printed values (largest difference {worst:.3g}); "
-              "the optimal budgets ℓ* are solved here and compared with the printed ones (`table1.csv` has every column).", ""]
+    lines += [(f"The profile's parameters are Table I's printed values (largest difference {worst:.3g}); "
+               "the optimal budgets ℓ* are solved here and compared with the printed ones (`table1.csv` has every "
+               "column)."), ""]
     rng = rnd["linear_range"]
     lines += _md_table(
         ["task", "A", "b", "D", "t0 (s)", "c (s/token)", "ℓ* here", "ℓ* paper", "difference", "integer ℓ",
@@ -487,8 +498,9 @@ def format_markdown(summary: dict[str, Any]) -> str:
           PAPER_TABLE_I[r["task"]]["budget"], f"{r['diff_budget']:+.2f}", r["integer_budget"], f"{rng[k]:.2f}"]
          for k, r in enumerate(table)])
     diffs = [abs(r["diff_budget"]) for r in table]
-    lines += ["", f"J(ℓ*) = {summary['objective']:.6f}; at the integer budgets (eq. 39) J = "
-                  f"{summary['integer_objective']:.6f}; the lower bound of eq. 41 is J̄ = {summary['integer_lower_bound']:.6f}.",
+    lines += ["", (f"J(ℓ*) = {summary['objective']:.6f}; at the integer budgets (eq. 39) J = "
+                   f"{summary['integer_objective']:.6f}; the lower bound of eq. 41 is J̄ = "
+                   f"{summary['integer_lower_bound']:.6f}."),
               "", "## Where this reproduction differs from the paper, and why", ""]
     order = np.argsort(-np.abs(rnd["move"]))[:4]
     moved = ", ".join(f"{rnd['parameters'][j]} by {rnd['move'][j]:+.2f}" for j in order)
@@ -561,17 +573,18 @@ def format_markdown(summary: dict[str, Any]) -> str:
     invalid_from = lam[~valid].min() if (~valid).any() else None
     lines += [
         "", "## Beyond the paper", "",
-        f"Over {len(lam)} arrival rates from {lam[0]:.3g} to {lam[-1]:.3g} queries/s (0.95 of the saturation rate "
-        f"{load['saturation_rate']:.3g}/s at ℓ = 0; `load.csv`, `{FIGURES['load_budgets']}`, `{FIGURES['load_gain']}`):",
+        (f"Over {len(lam)} arrival rates from {lam[0]:.3g} to {lam[-1]:.3g} queries/s (0.95 of the saturation rate "
+         f"{load['saturation_rate']:.3g}/s at ℓ = 0; `load.csv`, `{FIGURES['load_budgets']}`, "
+         f"`{FIGURES['load_gain']}`):"),
         "",
-        f"- **ℓ* falls with the load**, and not in proportion: "
+        "- **ℓ* falls with the load**, and not in proportion: "
         + "; ".join(_crossings(load, names) or ["no two budgets swap order"])
         + (f". {', '.join(never)} get no tokens at any λ at α = {op['alpha']:g}." if never else "."),
-        f"- **Gain over the best uniform budget** (one integer budget for every task, chosen optimally at each λ; "
-        f"at λ = {op['arrival_rate']:g} it is {best['integer']:.0f} tokens, J = {uniform['objective']:.4f} against "
-        f"{beats['objective']:.4f} for the paper's best, {beats['label']}): J(optimal integer) − J(best uniform) = "
-        f"{gains[at]:.4f} at the paper's λ, between {np.nanmin(gains[some]):.3f} and {np.nanmax(gains[some]):.3f} "
-        "over the rates where some task gets tokens (0 where none does).",
+        (f"- **Gain over the best uniform budget** (one integer budget for every task, chosen optimally at each λ; "
+         f"at λ = {op['arrival_rate']:g} it is {best['integer']:.0f} tokens, J = {uniform['objective']:.4f} against "
+         f"{beats['objective']:.4f} for the paper's best, {beats['label']}): J(optimal integer) − J(best uniform) = "
+         f"{gains[at]:.4f} at the paper's λ, between {np.nanmin(gains[some]):.3f} and {np.nanmax(gains[some]):.3f} "
+         "over the rates where some task gets tokens (0 where none does)."),
         f"- **Integer-rounding loss**: J(ℓ*) − J(ℓ_int) with ℓ_int from eq. 39 is at most {np.max(loss):.2g} "
         f"(at the paper's λ: {loss[at]:.2g}), while eq. 41 bounds it by J(ℓ*) − J̄ = {np.nanmin(bound):.3f} to "
         f"{np.nanmax(bound):.3f}, at least {np.min(ratio):.0f} times (median {np.median(ratio):.0f} times) the actual "
@@ -605,11 +618,11 @@ def format_summary(summary: dict[str, Any], out) -> str:
                                     for r in table if r["budget"] > 0 or r["paper_budget"] > 0)
         + f"; explained by Table I's rounding: {'yes' if summary['rounding']['explained'] else 'no'}",
         "Fig. 3   J: " + ", ".join(f"{p['label']} {p['objective']:.6f}" for p in summary["fig3"]),
-        f"Fig. 4   J peaks at {fig4['peak_budget']:.0f} {fig4['task']} tokens (paper ≈{fig4['paper_peak_budget']:.0f}); "
-        f"{fig4['covered']} of {len(sims)} simulated 95% intervals cover J",
-        f"beyond   at λ = {load['arrival_rate'][at]:g}: gain over the best uniform budget {load['gain'][at]:.4f}, "
-        f"rounding loss {load['integer_loss'][at]:.2g} (eq. 41 bound {load['bound_gap'][at]:.4f}); rounding loss at most "
-        f"{max(load['integer_loss']):.2g} over {len(load['arrival_rate'])} rates up to saturation",
+        (f"Fig. 4   J peaks at {fig4['peak_budget']:.0f} {fig4['task']} tokens (paper ≈{fig4['paper_peak_budget']:.0f}); "
+         f"{fig4['covered']} of {len(sims)} simulated 95% intervals cover J"),
+        (f"beyond   at λ = {load['arrival_rate'][at]:g}: gain over the best uniform budget {load['gain'][at]:.4f}, "
+         f"rounding loss {load['integer_loss'][at]:.2g} (eq. 41 bound {load['bound_gap'][at]:.4f}); rounding loss at "
+         f"most {max(load['integer_loss']):.2g} over {len(load['arrival_rate'])} rates up to saturation"),
         f"wrote {len(summary['files'])} files into {out}: report.md, summary.json, table1.csv, "
         + ", ".join(f for f in summary["files"] if f.endswith(".png")),
     ])

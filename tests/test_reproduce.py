@@ -14,7 +14,12 @@ import pytest
 
 import jaxalloc as ja
 from jaxalloc.cli import main
-from jaxalloc.reproduce import FIGURES, PAPER_TABLE_I, best_uniform_budget, printed_half_unit
+from jaxalloc.reproduce import (
+    FIGURES,
+    PAPER_TABLE_I,
+    best_uniform_budget,
+    printed_half_unit,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "calibration" / "example_measurements.csv"
@@ -116,7 +121,7 @@ def test_load_study(run, paper):
     for i in (0, at, 10):
         q = paper.replace(arrival_rate=lam[i])
         u = jnp.arange(0.0, 1001.0)
-        values = jax.vmap(lambda v: ja.objective(q, jnp.full((6,), v)))(u)
+        values = jax.vmap(lambda v, q=q: ja.objective(q, jnp.full((6,), v)))(u)
         assert load["uniform_budget"][i] == int(jnp.argmax(values))
         assert int(best_uniform_budget(q)[1]) == int(jnp.argmax(values))
     budgets = np.asarray(load["budgets"])
@@ -161,6 +166,7 @@ def test_printed_half_unit():
     (["--out", "{new}", "--replications", "1"], "replications = 1"),
     (["--out", "{new}", "--measurements", "{new}/missing.csv"], "file not found"),
     (["--out", "{new}", "--queries", "many"], "--queries"),
+    (["--out", "{new}", "--measurements", "{file}"], "unknown format"),
 ])
 def test_bad_input_is_one_error_line(tmp_path, capsys, args, message):
     target = tmp_path / "results.txt"
