@@ -100,6 +100,15 @@ def _build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..P-1")
     sw.add_argument("--json", action="store_true", help="print JSON for programs")
 
+    rep = sub.add_parser("reproduce", help="regenerate the paper's Table I and Figs. 2-4, and more, into a folder")
+    rep.add_argument("--out", default="results", metavar="DIR", help="output folder, created if missing (default: results)")
+    rep.add_argument("--queries", type=int, metavar="N", help="queries per simulated replication (default 10000; --quick 2000)")
+    rep.add_argument("--replications", type=int, metavar="R", help="replications per simulated point (default 20; --quick 5)")
+    rep.add_argument("--seed", type=int, default=0, metavar="S", help="random seed of the simulations")
+    rep.add_argument("--quick", action="store_true", help="reduced settings: fewer queries, simulated points and rates")
+    rep.add_argument("--measurements", metavar="FILE", help="draw the accuracies measured in FILE on Fig. 2 (calibrate format)")
+    rep.add_argument("--json", action="store_true", help="print the summary as JSON for programs")
+
     from .calibrate.cli import add_calibrate_parser
 
     add_calibrate_parser(sub)
@@ -330,6 +339,19 @@ def _cmd_sensitivity(args) -> int:
     return 0
 
 
+def _cmd_reproduce(args) -> int:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    from .reproduce import format_summary, reproduce
+
+    summary = reproduce(args.out, quick=args.quick, queries=args.queries, replications=args.replications,
+                        seed=args.seed, measurements=args.measurements,
+                        progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps(summary, indent=1) if args.json else format_summary(summary, args.out))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .model import ProblemError
 
@@ -347,7 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .calibrate.cli import run_calibrate
 
         commands = {"solve": _cmd_solve, "simulate": _cmd_simulate, "verify": _cmd_verify,
-                    "sensitivity": _cmd_sensitivity, "sweep": _cmd_sweep, "calibrate": run_calibrate}
+                    "sensitivity": _cmd_sensitivity, "sweep": _cmd_sweep, "calibrate": run_calibrate,
+                    "reproduce": _cmd_reproduce}
         return commands[args.command](args)
     except (_UsageError, ProblemError, ValueError) as err:  # ValueError: e.g. eq. 39 beyond its N
         message = " ".join(str(err).split())  # exactly one line

@@ -87,20 +87,22 @@ def _save(fig, plt, path) -> None:
         plt.close(fig)
 
 
-def plot_budget_curve(curve: dict, task: str, path, title: str = "", simulated: dict | None = None) -> None:
+def plot_budget_curve(curve: dict, task: str, path, title: str = "", simulated: dict | None = None,
+                      color: str | None = None) -> None:
     """The paper's Fig. 4: J as one task's budget varies (others at ℓ*), with the
     integer lower bound J̄ of eq. 41 dashed, the optimum marked, and simulated
     points with 95% intervals if given. `curve` is
     :func:`jaxalloc.sensitivity.budget_curve`'s output, `simulated`
-    :func:`jaxalloc.sensitivity.simulated_budget_points`'."""
+    :func:`jaxalloc.sensitivity.simulated_budget_points`'. With `color`, J and J̄
+    are drawn in that colour (solid and dashed) instead of blue and red."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     if simulated is not None:
         ax.errorbar(simulated["budget"], simulated["objective"], yerr=simulated["halfwidth"], fmt="o", color="k",
                     ms=4, capsize=3, label="simulated (95% interval)", zorder=3)
-    ax.plot(curve["budget"], curve["objective"], color="C0", lw=2, label="J(ℓ)")
+    ax.plot(curve["budget"], curve["objective"], color=color or "C0", lw=2, label="J(ℓ)")
     finite = np.isfinite(curve["lower_bound"])
-    ax.plot(curve["budget"][finite], curve["lower_bound"][finite], "--", color="C3", lw=1.5, label="lower bound J̄ (eq. 41)")
+    ax.plot(curve["budget"][finite], curve["lower_bound"][finite], "--", color=color or "C3", lw=1.5, label="lower bound J̄ (eq. 41)")
     best = int(np.argmax(curve["objective"]))
     ax.axvline(curve["budget"][best], color="0.5", ls=":", label=f"best on grid: {curve['budget'][best]:.0f} tokens")
     ax.set_xlabel(f"{task} reasoning-token budget ℓ (tokens)")
@@ -290,4 +292,157 @@ def plot_calibration(cal, path, title: str = "") -> None:
         lat_ax.text(0.5, 0.5, "no service times in the file", ha="center", va="center", transform=lat_ax.transAxes)
     if title:
         fig.suptitle(title)
+    _save(fig, plt, path)
+
+
+# ---------------------------------------------------------------- reproduction (`jaxalloc reproduce`)
+
+
+def task_color(k: int) -> str:
+    """Task k's colour in every figure: matplotlib's default cycle, as the other figures use."""
+    return f"C{k % 10}"
+
+
+def plot_accuracy_curves(problem, budgets, path, markers=None, marker_label: str = "", title: str = "") -> None:
+    """The paper's Fig. 2 from a profile: p_k(ℓ) = A_k (1 − e^{−b_k ℓ}) + D_k for
+    every task (eq. 2, lines), with the optimal budget ℓ*_k marked on each curve.
+
+    **Arguments:**
+
+    - `problem`: a :class:`~jaxalloc.model.Problem`; `budgets`: ℓ*, shape (N,).
+    - `markers`: optional measured accuracies, a list of (task index, budgets,
+      successes, trials), drawn as open squares with 95% Wilson intervals and
+      labelled `marker_label` in the legend.
+
+    Budgets on a symmetric-log axis (linear below 1 token, so ℓ = 0 shows) up to ℓ_max.
+    """
+    plt = _pyplot()
+    A, b, D = (np.asarray(getattr(problem, f), float) for f in ("A", "b", "D"))
+    ell = np.asarray(budgets, float)
+    top = float(problem.max_tokens)
+    grid = np.unique(np.concatenate([np.linspace(0.0, 1.0, 11), np.geomspace(1.0, top, 400)]))
+    curve = lambda k, x: A[k] * -np.expm1(-b[k] * x) + D[k]
+    fig, ax = plt.subplots(figsize=(8.5, 6.2), dpi=110)
+    for k, name in enumerate(problem.names):
+        color = task_color(k)
+        ax.plot(grid, curve(k, grid), color=color, lw=1.8,
+                label=f"{name}: A={A[k]:.4f}, b={b[k]:.3g}/token, D={D[k]:.3f}")
+        ax.plot([ell[k]], [curve(k, ell[k])], "o", color=color, mec="k", ms=7, zorder=3)
+    for k, x, successes, trials in markers or ():
+        lo, hi = _wilson(np.asarray(successes, float), np.asarray(trials, float))
+        acc = np.asarray(successes, float) / np.maximum(trials, 1e-300)
+        ax.errorbar(x, acc, yerr=np.maximum([acc - lo, hi - acc], 0.0), fmt="s", mfc="none", ms=5, capsize=2,
+                    color=task_color(k), zorder=2)
+    if markers:
+        ax.errorbar([], [], yerr=[], fmt="s", mfc="none", color="0.3", label=marker_label or "measured (95% Wilson)")
+    ax.plot([], [], "o", color="0.6", mec="k", label=f"optimal budget ℓ*_k at λ = {float(problem.arrival_rate):g}/s, "
+                                                      f"α = {float(problem.alpha):g}")
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(0.0, top)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("reasoning-token budget ℓ (tokens; linear below 1, log above)")
+    ax.set_ylabel("accuracy p_k(ℓ) (fraction answered correctly)")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or r"Fitted accuracy $p_k(\ell) = A_k(1 - e^{-b_k \ell}) + D_k$ (eq. 2)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+    _save(fig, plt, path)
+
+
+def plot_policies(policies, names, path, title: str = "") -> None:
+    """The paper's Fig. 3: J under each allocation policy (bars, value on top;
+    simulated J with its 95% interval as black markers where given) and, on the
+    right, the budget each policy gives each task (grouped bars, task colours).
+
+    `policies`: a list of dicts with `label`, `budgets` (N,), `objective`, and
+    optionally `simulated` and `halfwidth` (the simulated J and its 95% half-width).
+    """
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2), dpi=110, gridspec_kw={"width_ratios": [1, 1.25]})
+    x = np.arange(len(policies))
+    values = np.array([p["objective"] for p in policies], float)
+    shades = ["0.45" if "optim" in p["label"] else "0.75" for p in policies]
+    left.bar(x, values, color=shades, edgecolor="k", width=0.65)
+    tall = 0.3 * np.nanmax(np.abs(values))
+    for i, v in enumerate(values):  # inside the bar, or above it when the bar is short
+        inside = abs(v) >= tall
+        left.text(x[i] - 0.12, v / 2 if inside else max(v, 0.0), f" J = {v:.4f}", rotation=90, ha="center",
+                  va="center" if inside else "bottom", fontsize=8, color="w" if inside and shades[i] == "0.45" else "k")
+    sim = [(i, p["simulated"], p["halfwidth"]) for i, p in enumerate(policies) if p.get("simulated") is not None]
+    if sim:
+        i, v, h = map(np.asarray, zip(*sim))
+        left.errorbar(i + 0.15, v, yerr=h, fmt="o", color="k", ms=4, capsize=3, label="simulated J (95% interval)")
+        left.legend(fontsize=8, loc="upper left")
+    labels = [p["label"] for p in policies]
+    left.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
+    left.set_ylabel("objective J (α × accuracy − mean system time in s)")
+    left.set_title("objective J(ℓ) per policy (eq. 7)", fontsize=10)
+    left.grid(axis="y", alpha=0.3)
+    budgets = np.array([p["budgets"] for p in policies], float)
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        right.bar(x + (k - (len(names) - 1) / 2) * width, budgets[:, k], width, color=task_color(k), label=name)
+    for i in np.nonzero(~np.any(budgets > 0, axis=1))[0]:
+        right.text(x[i], 0.0, "0 for\nevery task", ha="center", va="bottom", fontsize=8)
+    right.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
+    right.set_ylabel("reasoning-token budget ℓ_k (tokens)")
+    right.set_title("budget given to each task", fontsize=10)
+    right.legend(fontsize=8, ncol=2)
+    right.grid(axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    _save(fig, plt, path)
+
+
+def plot_load_budgets(load: dict, names, path, mark: float | None = None, title: str = "") -> None:
+    """ℓ*_k against the arrival rate λ, a line per task, with the best uniform
+    budget (dashed) and the utilisation ρ = λE[S] at ℓ* (right axis, dotted).
+    `load` is the `load` part of :func:`jaxalloc.reproduce.reproduce`'s summary."""
+    plt = _pyplot()
+    lam = np.asarray(load["arrival_rate"], float)
+    budgets = np.asarray(load["budgets"], float)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for k, name in enumerate(names):
+        zero = not np.any(budgets[:, k] > 0)
+        ax.plot(lam, budgets[:, k], color=task_color(k), lw=1.8, label=f"ℓ* {name}" + (" (0 at every λ)" if zero else ""))
+    ax.plot(lam, load["uniform_budget"], "k--", lw=1.4, label="best uniform budget (same ℓ for all tasks)")
+    if mark is not None:
+        ax.axvline(mark, color="0.6", ls="-.", lw=1, label=f"paper's operating point λ = {mark:g}/s")
+    ax.set_xscale("log")
+    ax.set_xlabel("arrival rate λ (queries/s, log scale)")
+    ax.set_ylabel("optimal budget ℓ*_k (tokens)")
+    ax.grid(alpha=0.3)
+    rho_ax = ax.twinx()
+    rho_ax.plot(lam, load["utilization"], color="0.3", ls=":", lw=2)
+    rho_ax.set_ylim(0.0, 1.0)
+    rho_ax.set_ylabel("utilisation ρ = λE[S] at ℓ* (dotted)")
+    ax.set_title(title or "Optimal budgets as the load grows to saturation", fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    _save(fig, plt, path)
+
+
+def plot_load_gain(load: dict, path, mark: float | None = None, title: str = "") -> None:
+    """Top: the gain in J of the optimal integer allocation over the best uniform
+    integer budget, against λ. Bottom (log scale): the integer-rounding loss
+    J(ℓ*) − J(ℓ_int) and its bound J(ℓ*) − J̄ (eq. 41, where its assumption holds)."""
+    plt = _pyplot()
+    lam = np.asarray(load["arrival_rate"], float)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), dpi=110, sharex=True)
+    top.plot(lam, load["gain"], "k-", lw=1.8, label="J(optimal integer ℓ) − J(best uniform integer ℓ)")
+    top.set_ylabel("gain in J (objective units)")
+    top.grid(alpha=0.3)
+    loss, gap = np.asarray(load["integer_loss"], float), np.asarray(load["bound_gap"], float)
+    shown = loss > 0
+    bottom.plot(lam[shown], loss[shown], "k-", marker=".", lw=1.4, label="rounding loss J(ℓ*) − J(ℓ_int), eq. 39")
+    valid = np.isfinite(gap) & (gap > 0)
+    bottom.plot(lam[valid], gap[valid], "k--", lw=1.4, label="bound J(ℓ*) − J̄(ℓ*), eq. 41")
+    bottom.set_yscale("log")
+    bottom.set_xscale("log")
+    bottom.set_xlabel("arrival rate λ (queries/s, log scale)")
+    bottom.set_ylabel("loss in J (objective units, log)")
+    bottom.grid(alpha=0.3, which="both")
+    for ax in (top, bottom):
+        if mark is not None:
+            ax.axvline(mark, color="0.6", ls="-.", lw=1, label=f"paper's λ = {mark:g}/s")
+        ax.legend(fontsize=8)
+    top.set_title(title or "Beyond the paper: gain over uniform budgets and the cost of integer budgets", fontsize=10)
     _save(fig, plt, path)

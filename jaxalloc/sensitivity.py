@@ -48,31 +48,49 @@ def budget_curve(problem: Problem, task: str, budgets) -> dict[str, np.ndarray]:
     }
 
 
-def simulated_budget_points(problem: Problem, task: str, budgets, *, queries: int = 10_000,
-                            replications: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
-    """Simulated J = α × realised accuracy − mean system time at a few budgets of `task`
-    (others at ℓ*), with a 95% interval, for the points of Fig. 4.
+def simulated_objectives(problem: Problem, budgets, *, queries: int = 10_000, replications: int = 20,
+                         seed: int = 0) -> dict[str, np.ndarray]:
+    """Simulated J = α × realised accuracy − mean system time at each row of
+    `budgets` (shape (P, N)), with a 95% interval; one compiled simulation
+    for all P points (:func:`jaxalloc.simulate.simulate_points`, common random
+    numbers).
 
     The interval combines the simulator's intervals of the two terms as if
     independent: half-width √((α h_acc)² + h_T²).
-    """
-    from .simulate import simulate, simulation_report
 
-    k = task_index(problem, task)
-    star = np.asarray(solve(problem).budgets)
+    **Returns:** a dict of arrays of length P: `objective`, `halfwidth`,
+    `accuracy`, `mean_system_time`.
+    """
+    from .simulate import point, simulate_points, simulation_report
+
+    budgets = np.asarray(budgets, dtype=float)
+    stacked = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (len(budgets),) + x.shape), problem)
+    result = simulate_points(stacked, budgets, queries=queries, replications=replications, seed=seed)
     alpha = float(problem.alpha)
     rows = []
-    for v in np.asarray(budgets, dtype=float):
-        ell = star.copy()
-        ell[k] = v
-        report = simulation_report(problem, ell, simulate(problem, ell, queries=queries,
-                                                          replications=replications, seed=seed))
+    for i, ell in enumerate(budgets):
+        report = simulation_report(problem, ell, point(result, i))
         acc, t = report["accuracy"], report["mean_system_time"]
         h_acc = 0.5 * (report["accuracy_ci95"][1] - report["accuracy_ci95"][0])
         h_t = 0.5 * (report["mean_system_time_ci95"][1] - report["mean_system_time_ci95"][0])
-        rows.append((v, alpha * acc - t, float(np.hypot(alpha * h_acc, h_t))))
-    rows = np.array(rows)
-    return {"budget": rows[:, 0], "objective": rows[:, 1], "halfwidth": rows[:, 2]}
+        rows.append((alpha * acc - t, float(np.hypot(alpha * h_acc, h_t)), acc, t))
+    rows = np.array(rows, dtype=float).reshape(-1, 4)
+    return {"objective": rows[:, 0], "halfwidth": rows[:, 1], "accuracy": rows[:, 2], "mean_system_time": rows[:, 3]}
+
+
+def simulated_budget_points(problem: Problem, task: str, budgets, *, queries: int = 10_000,
+                            replications: int = 20, seed: int = 0) -> dict[str, np.ndarray]:
+    """Simulated J at a few budgets of `task` (others at ℓ*), with a 95% interval,
+    for the points of Fig. 4 (see :func:`simulated_objectives`).
+
+    **Returns:** a dict of arrays: `budget`, `objective`, `halfwidth`.
+    """
+    k = task_index(problem, task)
+    values = np.asarray(budgets, dtype=float)
+    points = np.tile(np.asarray(solve(problem).budgets), (values.size, 1))
+    points[:, k] = values
+    sim = simulated_objectives(problem, points, queries=queries, replications=replications, seed=seed)
+    return {"budget": values, "objective": sim["objective"], "halfwidth": sim["halfwidth"]}
 
 
 def parameter_curve(problem: Problem, param: str, values) -> dict[str, np.ndarray]:
