@@ -37,7 +37,6 @@ jax.config.update("jax_enable_x64", True)
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
