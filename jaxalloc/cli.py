@@ -273,7 +273,7 @@ def _cmd_sweep(args) -> int:
         print(f"jaxalloc sweep: {name}, {summary['points']:,} points "
               f"({' × '.join(str(n) for n in summary['shape'])}: {', '.join(summary['axes'])})")
         print(f"  solved {summary['computed_points']:,} points in {summary['seconds']:.2f} s "
-              f"({summary['points_per_second']:,.0f} points/s, {summary['dtype']}, {summary['method']})")
+              f"({summary['points_per_second']:,.0f} points/s including compilation, {summary['dtype']}, {summary['method']})")
         print(f"  status: {counts}")
         print(f"  wrote {summary['path']}" if result.complete else
               f"  process {args.process_id}: wrote its blocks; process 0 writes {summary['path']}")
