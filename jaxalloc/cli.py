@@ -258,7 +258,9 @@ def _cmd_sweep(args) -> int:
                    progress=args.progress, block=args.block)
     summary = result.summary()
     summary["figures"] = []
-    if figures and result.complete:
+    if figures and result.complete and len(axes) > 2:
+        print(f"note: figures need 1 or 2 axes, this sweep has {len(axes)}: none written", file=sys.stderr)
+    elif figures and result.complete:
         from .plots import plot_sweep_frontier, plot_sweep_heatmaps
 
         stem = args.out[: -len(".parquet")]

@@ -192,6 +192,13 @@ def test_cli_sweep_json_and_figures(tmp_path):
     for fig in data["figures"]:
         head = open(fig, "rb").read(8)
         assert head == b"\x89PNG\r\n\x1a\n" and os.path.getsize(fig) > 10_000
+    # three axes: the file, and a note instead of figures (no error after the work is done)
+    three = subprocess.run([sys.executable, "-m", "jaxalloc.cli", "sweep", "--arrival-rate", "0.01:0.3:2",
+                            "--alpha", "1:10:2", "--axis", "b:GSM8K=1e-3:1e-2:2", "--out", str(tmp_path / "t.parquet"),
+                            "--json"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert three.returncode == 0, three.stderr
+    assert json.loads(three.stdout)["figures"] == [] and "figures need 1 or 2 axes" in three.stderr
+    assert pq.read_table(tmp_path / "t.parquet").num_rows == 8
 
 
 # ---------------------------------------------------------------- separate processes
