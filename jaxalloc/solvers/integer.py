@@ -11,7 +11,6 @@ The lower bound J̄ of eq. 41 is :func:`jaxalloc.objective.integer_lower_bound`.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
