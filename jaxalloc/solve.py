@@ -161,12 +161,13 @@ def solve(problem: Problem, method="newton", *, start=None, throw: bool = True, 
     return solution
 
 
-def _batched(problem: Problem, solver, values: dict, chunk: int, devices: int) -> Solution:
-    """Solve flat arrays of points: chunks of `chunk` vmapped points one after the
-    other (lax.map), and the chunks split evenly over `devices` local devices."""
+def map_chunks(fn, values, chunk: int, devices: int):
+    """`fn` over flat arrays of points (a pytree, equal leading axes): chunks of
+    `chunk` points one after the other (lax.map), the chunks split evenly over
+    `devices` local devices (`shard_map` on a 1-D mesh)."""
 
     def local(vals):
-        out = lax.map(lambda point: solve_batch(problem, point, solver), {k: v.reshape(-1, chunk, *v.shape[1:]) for k, v in vals.items()})
+        out = lax.map(fn, jax.tree_util.tree_map(lambda v: v.reshape(-1, chunk, *v.shape[1:]), vals))
         return jax.tree_util.tree_map(lambda x: x.reshape(-1, *x.shape[2:]), out)
 
     if devices == 1:
@@ -174,6 +175,11 @@ def _batched(problem: Problem, solver, values: dict, chunk: int, devices: int) -
     mesh = Mesh(np.asarray(jax.local_devices()[:devices]), ("points",))
     # check_vma=False: the solvers' loop carries start replicated and become per-device
     return jax.shard_map(local, mesh=mesh, in_specs=P("points"), out_specs=P("points"), check_vma=False)(values)
+
+
+def _batched(problem: Problem, solver, values: dict, chunk: int, devices: int) -> Solution:
+    """Solve flat arrays of points in chunks over devices (see :func:`map_chunks`)."""
+    return map_chunks(lambda point: solve_batch(problem, point, solver), values, chunk, devices)
 
 
 _batched_jit = eqx.filter_jit(_batched)

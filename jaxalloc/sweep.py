@@ -47,14 +47,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
-from jax.sharding import Mesh
-from jax.sharding import PartitionSpec as P
 
 from .model import Problem, ProblemError, validate
 from .objective import mean_accuracy, mean_system_time, moments, utilization
 from .solution import Status
-from .solve import get_solver, solve_batch
+from .solve import get_solver, map_chunks, solve_batch
 from .solvers.integer import MAX_ENUMERATE_TASKS, integer_budgets
 
 SCALAR_FIELDS = ("arrival_rate", "alpha", "max_tokens")
@@ -309,14 +306,7 @@ def _compute_block(problem: Problem, values: tuple, start, targets: tuple, shape
         return dict(budgets=sol.budgets, objective=sol.objective, kkt_residual=sol.kkt_residual,
                     iterations=sol.iterations, status=sol.status, **extra)
 
-    def local(vals):
-        out = lax.map(one_chunk, tuple(v.reshape(-1, chunk) for v in vals))
-        return jax.tree_util.tree_map(lambda x: x.reshape(-1, *x.shape[2:]), out)
-
-    if devices == 1:
-        return local(lane_values)
-    mesh = Mesh(np.asarray(jax.local_devices()[:devices]), ("points",))
-    return jax.shard_map(local, mesh=mesh, in_specs=P("points"), out_specs=P("points"), check_vma=False)(lane_values)
+    return map_chunks(one_chunk, lane_values, chunk, devices)
 
 
 _compute_block_jit = eqx.filter_jit(_compute_block)
