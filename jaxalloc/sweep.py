@@ -420,6 +420,16 @@ class _ParquetStream:
 # ---------------------------------------------------------------- the driver
 
 
+def _status_counts(table) -> np.ndarray:
+    """Rows per :class:`Status` code of a table's dictionary-encoded `status` column."""
+    codes = table.column("status").combine_chunks().indices.to_numpy()
+    return np.bincount(codes, minlength=len(Status))
+
+
+def _count_labels(counts) -> dict[str, int]:
+    return {s.label: int(counts[s]) for s in Status if counts[s]}
+
+
 @dataclass
 class SweepResult:
     """What :func:`sweep` returns.
@@ -527,10 +537,8 @@ def sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "newton", 
     if path is not None and resume and path.exists() and _finished_fingerprint(path) == plan.fingerprint():
         import pyarrow.parquet as pq  # the same sweep is already complete: nothing to do
 
-        codes = pq.read_table(path, columns=["status"]).column(0).combine_chunks().indices.to_numpy()
-        counts = np.bincount(codes, minlength=len(Status))
-        return SweepResult(plan, path, None, {s.label: int(counts[s]) for s in Status if counts[s]},
-                           time.perf_counter() - t_start, 0, True)
+        counts = _status_counts(pq.read_table(path, columns=["status"]))
+        return SweepResult(plan, path, None, _count_labels(counts), time.perf_counter() - t_start, 0, True)
     solver = get_solver(method)
     values = tuple(jnp.asarray(a.values, plan.dtype) for a in plan.axes)
     targets = tuple((a.field, a.task) for a in plan.axes)
@@ -561,8 +569,7 @@ def sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "newton", 
                     bar.update(table.num_rows)
                     if on_block is not None:
                         on_block(i)
-                codes = table.column("status").combine_chunks().indices.to_numpy()
-                counts[:] += np.bincount(codes, minlength=len(Status))
+                counts[:] += _status_counts(table)
                 if stream is not None:
                     stream.write(table)
                 elif store is None:
@@ -594,29 +601,25 @@ def sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "newton", 
     if errors:
         raise errors[0]
 
-    complete = False
     if stream is not None:
         stream.close()
-        complete = True
     elif final:  # several processes: wait for all parts, then write the file from them
         _wait_for(lambda: all(store.done(i) for i in range(plan.num_blocks)), "the other processes' blocks")
         stream = _ParquetStream(path, plan)
         counts[:] = 0
         for i in range(plan.num_blocks):
             table = store.read(i)
-            counts[:] += np.bincount(table.column("status").combine_chunks().indices.to_numpy(), minlength=len(Status))
+            counts[:] += _status_counts(table)
             stream.write(table)
         stream.close()
-        complete = True
-    elif store is None:
-        complete = True
+    complete = store is None or final  # in memory, or the process that wrote the file
     if complete and store is not None:
         shutil.rmtree(store.dir, ignore_errors=True)
 
     import pyarrow as pa
 
     table = pa.concat_tables(tables) if store is None else None
-    return SweepResult(plan, path, table, {s.label: int(counts[s]) for s in Status if counts[s]},
+    return SweepResult(plan, path, table, _count_labels(counts),
                        time.perf_counter() - t_start, rows(todo), complete)
 
 
