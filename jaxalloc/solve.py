@@ -81,15 +81,6 @@ def solve_point(problem: Problem, solver=AggregateNewton(), start=None) -> Solut
     return _summarize(problem, budgets, steps, done, stable0)
 
 
-def _partition(flags):
-    """A permutation putting the lanes where `flags` is True first, in order (O(n))."""
-    flags = flags.astype(jnp.int32)
-    first = jnp.cumsum(flags) - 1
-    later = jnp.sum(flags) + jnp.cumsum(1 - flags) - 1
-    slot = jnp.where(flags == 1, first, later)
-    return jnp.zeros_like(slot).at[slot].set(jnp.arange(slot.size, dtype=slot.dtype))
-
-
 def solve_batch(problem: Problem, fields: dict, solver=AggregateNewton(), *, first_steps: int = 6, block: int | None = None) -> Solution:
     """Solve a batch of points, like `vmap(solve_point)`, but without making
     every lane wait for the slowest.

@@ -64,9 +64,10 @@ class AggregateNewton(eqx.Module):
       each Newton phase.
 
     Besides `__call__`, the iteration is exposed in pieces (:meth:`init`,
-    :meth:`advance`, :meth:`running`, :meth:`finish`) so that a batched caller
-    can run every lane a few steps, then give the few slow lanes the rest of
-    the loop on their own (see :func:`jaxalloc.solve.solve_batch`).
+    :meth:`advance`, :meth:`finish`, :meth:`rescue`): batches run the same
+    iteration task-major in :mod:`jaxalloc.solvers.newton_batched` (a test
+    holds its steps equal to :meth:`advance`) and call :meth:`rescue` where it
+    fails (see :func:`jaxalloc.solve.solve_batch`).
     """
 
     tol: float | None = None

@@ -66,7 +66,7 @@ class _Batch(NamedTuple):
     scale: Array  # (2, B): residual scale (moments at 0 plus one token of each task)
 
 
-def _task_major(x, size):
+def _task_major(x):
     """A per-task field as (N, B) (batched (B, N)) or (N, 1) (shared (N,))."""
     return x.T if x.ndim == 2 else x[:, None]
 
@@ -75,7 +75,7 @@ def prepare(problem: Problem, fields: dict) -> _Batch:
     """The batch constants of `problem` with `fields` (leading batch axis) put in."""
     size = next(iter(fields.values())).shape[0]
     get = lambda f: fields[f] if f in fields else getattr(problem, f)
-    per_task = {f: _task_major(jnp.asarray(get(f)), size) for f in ("prob", "A", "b", "t0", "c")}
+    per_task = {f: _task_major(jnp.asarray(get(f))) for f in ("prob", "A", "b", "t0", "c")}
     A, b, c, t0, pi = per_task["A"], per_task["b"], per_task["c"], per_task["t0"], per_task["prob"]
     alpha = jnp.broadcast_to(get("alpha"), (size,))
     lam = jnp.broadcast_to(get("arrival_rate"), (size,))
