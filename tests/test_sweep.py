@@ -105,15 +105,16 @@ def test_per_task_axes_match_solves(paper):
 
 
 def test_solve_batch_equals_vmapped_solve_point(paper):
-    """The compacted batch (slow lanes finished in blocks) gives vmap's answers."""
+    """The batch (slow points compacted, warm starts between every 16th point) gives
+    vmap's answers, also for points in random order, where warm starts are poor."""
     rng = np.random.default_rng(1)
     fields = dict(arrival_rate=jnp.asarray(rng.uniform(0.005, 0.45, 512)),
                   alpha=jnp.asarray(np.exp(rng.uniform(0, np.log(1000), 512))))
-    got = jax.jit(lambda f: solve_batch(paper, f, block=128))(fields)
+    got = jax.jit(lambda f: solve_batch(paper, f))(fields)
     ref = jax.jit(jax.vmap(lambda f: solve_point(paper.replace(**f))))(fields)
     np.testing.assert_array_equal(np.asarray(got.status), np.asarray(ref.status))
     np.testing.assert_allclose(np.asarray(got.budgets), np.asarray(ref.budgets), rtol=1e-9, atol=1e-8)
-    assert np.asarray(got.iterations).max() > 6  # some lanes did need the second phase (first_steps = 6)
+    assert np.asarray(got.iterations).max() > 6  # some points did need the compacted levels
 
 
 def test_float32_accuracy(paper, grid, small):
@@ -332,9 +333,24 @@ def test_batched_newton_takes_the_same_steps_as_per_point(paper, size):
     rng = np.random.default_rng(size)
     fields = dict(arrival_rate=jnp.asarray(rng.uniform(0.005, 0.45, size)),
                   alpha=jnp.asarray(np.exp(rng.uniform(0, np.log(1000), size))))
-    ell, steps, done = jax.jit(lambda f: newton_batch(paper, f, block=128))(fields)
+    ell, steps, done = jax.jit(lambda f: newton_batch(paper, f))(fields)
     solver = ja.AggregateNewton()
     ref = jax.jit(jax.vmap(lambda f: solver.advance(paper.replace(**f), solver.init(paper.replace(**f)))))(fields)
     assert np.asarray(done).all() and np.asarray(ref.done).all()
     np.testing.assert_array_equal(np.asarray(steps), np.asarray(ref.steps))
     np.testing.assert_allclose(np.asarray(ell), np.asarray(ref.ell), rtol=1e-10, atol=1e-8)
+
+
+def test_warm_starts_on_a_grid(paper):
+    """Points in grid order started between every 16th point's solution: the same
+    budgets as cold starts everywhere (both converged to 1e-11 in the moments),
+    in fewer steps (measured: mean 2.11 against 3.63 per point)."""
+    from jaxalloc.solvers.newton_batched import newton_batch
+
+    lam, alpha = np.meshgrid(np.linspace(0.005, 0.4, 8), np.geomspace(1, 1000, 256), indexing="ij")
+    fields = dict(arrival_rate=jnp.asarray(lam.ravel()), alpha=jnp.asarray(alpha.ravel()))
+    run = jax.jit(lambda f, stride: newton_batch(paper, f, stride=stride), static_argnums=1)
+    cold, warm = run(fields, 1), run(fields, 16)
+    assert np.asarray(cold[2]).all() and np.asarray(warm[2]).all()
+    np.testing.assert_allclose(np.asarray(warm[0]), np.asarray(cold[0]), rtol=1e-9, atol=1e-8)
+    assert np.asarray(warm[1]).mean() < 0.75 * np.asarray(cold[1]).mean()

@@ -24,6 +24,8 @@ second derivatives of E[T] (autodiff again).
 
 from __future__ import annotations
 
+import functools
+import operator
 from typing import NamedTuple
 
 import jax
@@ -38,13 +40,12 @@ from .base import resolve_tol
 
 
 class BatchState(NamedTuple):
-    """Newton state of B points: moments (2, B), residual (2, B), Jacobian (2, 2, B),
-    budgets (N, B), step length, trial points so far, converged."""
+    """Newton state of B points: moments (2, B), residual (2, B), Newton direction
+    (2, B), step length, trial points so far, converged."""
 
     m: Array
     r: Array
-    jac: Array
-    ell: Array
+    d: Array
     t: Array
     steps: Array
     done: Array
@@ -66,6 +67,16 @@ class _Batch(NamedTuple):
     scale: Array  # (2, B): residual scale (moments at 0 plus one token of each task)
 
 
+def task_sum(x):
+    """Σ over tasks (axis 0). Few tasks: an unrolled sum of rows, which XLA:CPU
+    fuses with the elementwise work around it; an axis-0 `reduce` becomes a
+    separate library kernel per sum (measured: 6 of them took a third of a
+    Newton step at N = 6)."""
+    if x.shape[0] > 16:
+        return jnp.sum(x, 0)
+    return functools.reduce(operator.add, [x[i] for i in range(x.shape[0])])
+
+
 def _task_major(x):
     """A per-task field as (N, B) (batched (B, N)) or (N, 1) (shared (N,))."""
     return x.T if x.ndim == 2 else x[:, None]
@@ -81,9 +92,9 @@ def prepare(problem: Problem, fields: dict) -> _Batch:
     lam = jnp.broadcast_to(get("arrival_rate"), (size,))
     top = jnp.broadcast_to(get("max_tokens"), (size,))
     S = jnp.log(alpha) + (jnp.log(A) + 2.0 * jnp.log(b) - 2.0 * jnp.log(c))
-    floor = jnp.stack([jnp.sum(pi * t0, 0), jnp.sum(pi * t0 * t0, 0)])
+    floor = jnp.stack([task_sum(pi * t0), task_sum(pi * t0 * t0)])
     floor = jnp.broadcast_to(floor, (2, size))
-    unit = jnp.broadcast_to(jnp.sum(pi * c, 0), (size,))
+    unit = jnp.broadcast_to(task_sum(pi * c), (size,))
     scale = jnp.stack([floor[0] + unit, floor[1] + unit * unit])
     return _Batch(lam, S, S + b * t0 / c, b / c, 1.0 / b, c, t0, pi, top, floor, scale)
 
@@ -103,58 +114,70 @@ def response(k: _Batch, m):
     dl_du, dl_dv = -q / k.c, -(w * q) * k.inv_b
     t = k.t0 + k.c * ell
     pc = k.pi * k.c
-    F = jnp.stack([jnp.sum(k.pi * t, 0), jnp.sum(k.pi * t * t, 0)])
-    dF_duv = jnp.stack([jnp.stack([jnp.sum(pc * dl_du, 0), jnp.sum(pc * dl_dv, 0)]),
-                        jnp.stack([jnp.sum(2 * pc * t * dl_du, 0), jnp.sum(2 * pc * t * dl_dv, 0)])])
-    duv_dm = jnp.stack([jnp.stack([d[0] / (2.0 * T2) - T1 * d[1] / (2.0 * T2 * T2) for d in (dT_dm1, dT_dm2)]),
-                        jnp.stack([d[1] / T2 for d in (dT_dm1, dT_dm2)])])
-    return ell, F, jnp.einsum("ikb,kjb->ijb", dF_duv, duv_dm)
+    F1, F2, Fu, Fv, Gu, Gv = map(task_sum, [k.pi * t, k.pi * t * t, pc * dl_du, pc * dl_dv,
+                                            2 * pc * t * dl_du, 2 * pc * t * dl_dv])
+    F = jnp.stack([F1, F2])
+    u1, u2 = (d[0] / (2.0 * T2) - T1 * d[1] / (2.0 * T2 * T2) for d in (dT_dm1, dT_dm2))
+    v1, v2 = (d[1] / T2 for d in (dT_dm1, dT_dm2))
+    dF = jnp.stack([jnp.stack([Fu * u1 + Fv * v1, Fu * u2 + Fv * v2]),
+                    jnp.stack([Gu * u1 + Gv * v1, Gu * u2 + Gv * v2])])
+    return ell, F, dF
 
 
 def _linearize(k: _Batch, m):
-    ell, F, dF = response(k, m)
+    """Scaled residual r = (F(m) − m) / scale and the Newton direction
+    −(∂r/∂m)⁻¹ r at m (a fixed-point step F(m) − m where the Jacobian is singular)."""
+    _, F, dF = response(k, m)
     r = (F - m) / k.scale
     jac = (dF - jnp.eye(2, dtype=dF.dtype)[:, :, None]) / k.scale[:, None, :]
-    return r, jac, ell
+    det = jac[0, 0] * jac[1, 1] - jac[0, 1] * jac[1, 0]
+    d = -jnp.stack([jac[1, 1] * r[0] - jac[0, 1] * r[1], jac[0, 0] * r[1] - jac[1, 0] * r[0]]) / det
+    return r, jnp.where(jnp.isfinite(d[0]) & jnp.isfinite(d[1]), d, r * k.scale)
+
+
+def budgets(k: _Batch, m):
+    """ℓ(m), task-major (N, B)."""
+    return response(k, m)[0]
 
 
 def _small(k: _Batch, m, r, tol):
-    return jnp.max(jnp.abs(r) * k.scale / jnp.maximum(m, k.scale), axis=0) <= tol
+    rel = jnp.abs(r) * k.scale / jnp.maximum(m, k.scale)
+    return jnp.maximum(rel[0], rel[1]) <= tol
 
 
-def init(k: _Batch, tol) -> BatchState:
-    """Newton state at m = moments(0)."""
-    m = k.floor
-    r, jac, ell = _linearize(k, m)
+def init(k: _Batch, tol, m=None) -> BatchState:
+    """Newton state at m (default: moments(0), where every point starts cold)."""
+    m = k.floor if m is None else m
+    r, d = _linearize(k, m)
     size = m.shape[1]
-    return BatchState(m, r, jac, ell, jnp.ones(size, m.dtype), jnp.zeros(size, jnp.int32), _small(k, m, r, tol))
+    return BatchState(m, r, d, jnp.ones(size, m.dtype), jnp.zeros(size, jnp.int32), _small(k, m, r, tol))
 
 
 def running(s: BatchState, max_steps: int):
-    return (~s.done) & (s.steps < max_steps) & jnp.all(jnp.isfinite(s.r), axis=0)
+    return (~s.done) & (s.steps < max_steps) & jnp.isfinite(s.r[0]) & jnp.isfinite(s.r[1])
 
 
-def advance(k: _Batch, s: BatchState, tol, max_steps: int) -> BatchState:
-    """Iterate every running point until all stop or reach `max_steps` trial points
-    (the same step as :meth:`AggregateNewton.advance`, for the whole batch)."""
+def advance(k: _Batch, s: BatchState, tol, max_steps: int, until: int = 0) -> BatchState:
+    """Iterate every running point until at most `until` points are still running
+    (each stops when converged or after `max_steps` trial points); the same step
+    as :meth:`AggregateNewton.advance`, for the whole batch.
+
+    The state carries the Newton direction at m rather than the Jacobian, and
+    no budgets (:func:`budgets` of the final m gives them): a rejected trial
+    point keeps both, so the steps are the same, with less to select per step."""
 
     def body(s: BatchState) -> BatchState:
         go = running(s, max_steps)
-        det = s.jac[0, 0] * s.jac[1, 1] - s.jac[0, 1] * s.jac[1, 0]
-        delta = -jnp.stack([s.jac[1, 1] * s.r[0] - s.jac[0, 1] * s.r[1],
-                            s.jac[0, 0] * s.r[1] - s.jac[1, 0] * s.r[0]]) / det
-        delta = jnp.where(jnp.all(jnp.isfinite(delta), axis=0), delta, s.r * k.scale)  # singular: FP step
-        m1 = jnp.clip(s.m[0] + s.t * delta[0], k.floor[0], s.m[0] + 0.9 * (1.0 / k.lam - s.m[0]))
-        m2 = jnp.maximum(s.m[1] + s.t * delta[1], jnp.maximum(k.floor[1], m1 * m1))
+        m1 = jnp.clip(s.m[0] + s.t * s.d[0], k.floor[0], s.m[0] + 0.9 * (1.0 / k.lam - s.m[0]))
+        m2 = jnp.maximum(s.m[1] + s.t * s.d[1], jnp.maximum(k.floor[1], m1 * m1))
         m_try = jnp.stack([m1, m2])
-        r_try, jac_try, ell_try = _linearize(k, m_try)
-        accept = go & (jnp.sum(r_try**2, 0) <= (1.0 - 1e-4 * s.t) * jnp.sum(s.r**2, 0))
+        r_try, d_try = _linearize(k, m_try)
+        accept = go & (r_try[0] ** 2 + r_try[1] ** 2 <= (1.0 - 1e-4 * s.t) * (s.r[0] ** 2 + s.r[1] ** 2))
         m, r = jnp.where(accept, m_try, s.m), jnp.where(accept, r_try, s.r)
-        return BatchState(m, r, jnp.where(accept, jac_try, s.jac), jnp.where(accept, ell_try, s.ell),
-                          jnp.where(accept, 1.0, jnp.where(go, 0.5 * s.t, s.t)), s.steps + go,
-                          jnp.where(go, _small(k, m, r, tol), s.done))
+        return BatchState(m, r, jnp.where(accept, d_try, s.d), jnp.where(accept, 1.0, jnp.where(go, 0.5 * s.t, s.t)),
+                          s.steps + go, jnp.where(go, _small(k, m, r, tol), s.done))
 
-    return lax.while_loop(lambda s: jnp.any(running(s, max_steps)), body, s)
+    return lax.while_loop(lambda s: jnp.sum(running(s, max_steps)) > until, body, s)
 
 
 def take(tree, index):
@@ -162,32 +185,66 @@ def take(tree, index):
     return jax.tree_util.tree_map(lambda x: x[..., index] if x.shape[-1] != 1 else x, tree)
 
 
-def newton_batch(problem: Problem, fields: dict, tol=None, max_steps: int = 40, first_steps: int = 6,
-                 block: int = 128):
+def _running_first(go):
+    """The permutation putting the points with `go` first, each group in its order
+    (= a stable argsort of ~go, by prefix sums: a sort costs ~10 Newton steps' time)."""
+    ahead = jnp.cumsum(go) - 1
+    behind = jnp.sum(go) + jnp.cumsum(~go) - 1
+    slot = jnp.where(go, ahead, behind)
+    return jnp.zeros_like(slot).at[slot].set(jnp.arange(go.shape[0], dtype=slot.dtype), unique_indices=True)
+
+
+def _finish(k: _Batch, s: BatchState, tol, max_steps: int, shrink: int = 8) -> BatchState:
+    """Iterate the batch until at most 1/`shrink` of its points still run, move
+    those to the front, and finish them the same way in a batch that much
+    smaller (down to `shrink` points, run to the end). A `while_loop` over a
+    batch costs every point the steps of the slowest (9–14 on a wide (λ, α)
+    grid, for a median of 3); this costs each level the steps of its own."""
+    size = k.lam.shape[0]
+    rest = size // shrink
+    if rest < shrink or size % shrink:
+        return advance(k, s, tol, max_steps)
+    s = advance(k, s, tol, max_steps, until=rest)
+    lanes = _running_first(running(s, max_steps))[:rest]
+    sub = _finish(take(k, lanes), take(s, lanes), tol, max_steps, shrink)
+    return jax.tree_util.tree_map(lambda x, y: x.at[..., lanes].set(y, unique_indices=True), s, sub)
+
+
+def warm_start(k: _Batch, coarse, stride: int):
+    """Start moments for every point of the batch from the solutions `coarse`
+    (2, B / stride) at points 0, stride, 2 stride, …: linear interpolation in
+    point order (constant after the last one), projected onto stable moments
+    of each point. Sweeps list their points in grid order, where ℓ*(λ, α) is
+    smooth between neighbours, so the start is close and Newton needs about
+    2 steps instead of 3–14 from ℓ = 0; elsewhere the start is merely stable."""
+    right = jnp.concatenate([coarse[:, 1:], coarse[:, -1:]], axis=1)
+    frac = jnp.tile(jnp.arange(stride, dtype=coarse.dtype) / stride, coarse.shape[1])
+    left, right = jnp.repeat(coarse, stride, axis=1), jnp.repeat(right, stride, axis=1)
+    m = left + frac * (right - left)
+    m = jnp.where(jnp.isfinite(m[0]) & jnp.isfinite(m[1]), m, k.floor)
+    m1 = jnp.clip(m[0], k.floor[0], k.floor[0] + 0.99 * (1.0 / k.lam - k.floor[0]))  # λ m1 < 1 (eq. 4)
+    return jnp.stack([m1, jnp.maximum(m[1], jnp.maximum(k.floor[1], m1 * m1))])  # E[S²] ≥ E[S]²
+
+
+def newton_batch(problem: Problem, fields: dict, tol=None, max_steps: int = 40, stride: int = 1):
     """Aggregate Newton on a batch of points.
 
-    Every point takes `first_steps` trial points together; the points still
-    running are then moved to the front and finished in blocks of `block`,
-    blocks with nothing left to do skipped (`lax.cond`), so that a batch does
-    not cost its slowest point's iterations.
+    With `stride` > 1 (and the batch at least twice and a multiple of it),
+    every `stride`-th point is solved first from ℓ = 0 and the others start
+    from :func:`warm_start` between them; their steps are counted from there.
+    Each phase runs through :func:`_finish`.
 
     **Returns:** (ℓ (B, N), steps (B,), converged (B,)).
     """
     k = prepare(problem, fields)
     tol = resolve_tol(tol, k.S.dtype)
     size = k.lam.shape[0]
-    compact = size > block and size % block == 0 and first_steps < max_steps
-    s = advance(k, init(k, tol), tol, first_steps if compact else max_steps)
-    if compact:
-        go = running(s, max_steps)
-        order = jnp.argsort(~go, stable=True)
-        blocks = lambda x: jnp.moveaxis(x.reshape(*x.shape[:-1], size // block, block), -2, 0) if x.shape[-1] == size else \
-            jnp.broadcast_to(x, (size // block, *x.shape))
-        kb, sb, gb = jax.tree_util.tree_map(blocks, take((k, s, go), order))
-        finish = lambda kk, ss: advance(kk, ss, tol, max_steps)
-        out = lax.map(lambda a: lax.cond(jnp.any(a[2]), finish, lambda kk, ss: ss, a[0], a[1]), (kb, sb, gb))
-        unblock = lambda x: jnp.moveaxis(x, 0, -2).reshape(*x.shape[1:-1], size)
-        out = jax.tree_util.tree_map(unblock, out)
-        s = jax.tree_util.tree_map(lambda x: jnp.zeros_like(x).at[..., order].set(x), out)
+    if stride > 1 and size % stride == 0 and size >= 2 * stride:
+        kc = take(k, slice(0, None, stride))
+        sc = _finish(kc, init(kc, tol), tol, max_steps)
+        s = _finish(k, init(k, tol, warm_start(k, sc.m, stride)), tol, max_steps)
+        s = s._replace(steps=s.steps.at[::stride].add(sc.steps))
+    else:
+        s = _finish(k, init(k, tol), tol, max_steps)
     done = s.done & _small(k, s.m, s.r, tol)
-    return s.ell.T, s.steps, done
+    return budgets(k, s.m).T, s.steps, done
