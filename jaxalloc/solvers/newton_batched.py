@@ -63,15 +63,15 @@ class _Batch(NamedTuple):
     t0: Array
     pi: Array
     top: Array
-    floor: Array  # (2, B): moments at ℓ = 0
-    scale: Array  # (2, B): residual scale (moments at 0 plus one token of each task)
+    floor: tuple  # (B,) × 2: moments at ℓ = 0
+    scale: tuple  # (B,) × 2: residual scale (moments at 0 plus one token of each task)
 
 
 def task_sum(x):
-    """Σ over tasks (axis 0). Few tasks: an unrolled sum of rows, which XLA:CPU
-    fuses with the elementwise work around it; an axis-0 `reduce` becomes a
-    separate library kernel per sum (measured: 6 of them took a third of a
-    Newton step at N = 6)."""
+    """Σ over tasks of a task-major array (axis 0). Up to 16 tasks, written out
+    row by row: XLA:CPU fuses that with the elementwise work around it, while
+    an axis-0 `reduce` becomes a library kernel per sum (measured: the six of
+    a linearisation took a third of a Newton step at N = 6)."""
     if x.shape[0] > 16:
         return jnp.sum(x, 0)
     return functools.reduce(operator.add, [x[i] for i in range(x.shape[0])])
@@ -92,10 +92,9 @@ def prepare(problem: Problem, fields: dict) -> _Batch:
     lam = jnp.broadcast_to(get("arrival_rate"), (size,))
     top = jnp.broadcast_to(get("max_tokens"), (size,))
     S = jnp.log(alpha) + (jnp.log(A) + 2.0 * jnp.log(b) - 2.0 * jnp.log(c))
-    floor = jnp.stack([task_sum(pi * t0), task_sum(pi * t0 * t0)])
-    floor = jnp.broadcast_to(floor, (2, size))
+    floor = tuple(jnp.broadcast_to(x, (size,)) for x in (task_sum(pi * t0), task_sum(pi * t0 * t0)))
     unit = jnp.broadcast_to(task_sum(pi * c), (size,))
-    scale = jnp.stack([floor[0] + unit, floor[1] + unit * unit])
+    scale = (floor[0] + unit, floor[1] + unit * unit)
     return _Batch(lam, S, S + b * t0 / c, b / c, 1.0 / b, c, t0, pi, top, floor, scale)
 
 
@@ -116,23 +115,21 @@ def response(k: _Batch, m):
     pc = k.pi * k.c
     F1, F2, Fu, Fv, Gu, Gv = map(task_sum, [k.pi * t, k.pi * t * t, pc * dl_du, pc * dl_dv,
                                             2 * pc * t * dl_du, 2 * pc * t * dl_dv])
-    F = jnp.stack([F1, F2])
     u1, u2 = (d[0] / (2.0 * T2) - T1 * d[1] / (2.0 * T2 * T2) for d in (dT_dm1, dT_dm2))
     v1, v2 = (d[1] / T2 for d in (dT_dm1, dT_dm2))
-    dF = jnp.stack([jnp.stack([Fu * u1 + Fv * v1, Fu * u2 + Fv * v2]),
-                    jnp.stack([Gu * u1 + Gv * v1, Gu * u2 + Gv * v2])])
-    return ell, F, dF
+    return ell, (F1, F2), ((Fu * u1 + Fv * v1, Fu * u2 + Fv * v2), (Gu * u1 + Gv * v1, Gu * u2 + Gv * v2))
 
 
 def _linearize(k: _Batch, m):
     """Scaled residual r = (F(m) − m) / scale and the Newton direction
     −(∂r/∂m)⁻¹ r at m (a fixed-point step F(m) − m where the Jacobian is singular)."""
     _, F, dF = response(k, m)
-    r = (F - m) / k.scale
-    jac = (dF - jnp.eye(2, dtype=dF.dtype)[:, :, None]) / k.scale[:, None, :]
-    det = jac[0, 0] * jac[1, 1] - jac[0, 1] * jac[1, 0]
-    d = -jnp.stack([jac[1, 1] * r[0] - jac[0, 1] * r[1], jac[0, 0] * r[1] - jac[1, 0] * r[0]]) / det
-    return r, jnp.where(jnp.isfinite(d[0]) & jnp.isfinite(d[1]), d, r * k.scale)
+    r = tuple((F[i] - m[i]) / k.scale[i] for i in range(2))
+    a, b, c, e = ((dF[i][j] - (i == j)) / k.scale[i] for i in range(2) for j in range(2))
+    det = a * e - b * c
+    d = (-(e * r[0] - b * r[1]) / det, -(a * r[1] - c * r[0]) / det)
+    ok = jnp.isfinite(d[0]) & jnp.isfinite(d[1])
+    return r, tuple(jnp.where(ok, d[i], r[i] * k.scale[i]) for i in range(2))
 
 
 def budgets(k: _Batch, m):
@@ -141,7 +138,7 @@ def budgets(k: _Batch, m):
 
 
 def _small(k: _Batch, m, r, tol):
-    rel = jnp.abs(r) * k.scale / jnp.maximum(m, k.scale)
+    rel = [jnp.abs(r[i]) * k.scale[i] / jnp.maximum(m[i], k.scale[i]) for i in range(2)]
     return jnp.maximum(rel[0], rel[1]) <= tol
 
 
@@ -149,8 +146,7 @@ def init(k: _Batch, tol, m=None) -> BatchState:
     """Newton state at m (default: moments(0), where every point starts cold)."""
     m = k.floor if m is None else m
     r, d = _linearize(k, m)
-    size = m.shape[1]
-    return BatchState(m, r, d, jnp.ones(size, m.dtype), jnp.zeros(size, jnp.int32), _small(k, m, r, tol))
+    return BatchState(m, r, d, jnp.ones_like(m[0]), jnp.zeros(m[0].shape, jnp.int32), _small(k, m, r, tol))
 
 
 def running(s: BatchState, max_steps: int):
@@ -170,11 +166,12 @@ def advance(k: _Batch, s: BatchState, tol, max_steps: int, until: int = 0) -> Ba
         go = running(s, max_steps)
         m1 = jnp.clip(s.m[0] + s.t * s.d[0], k.floor[0], s.m[0] + 0.9 * (1.0 / k.lam - s.m[0]))
         m2 = jnp.maximum(s.m[1] + s.t * s.d[1], jnp.maximum(k.floor[1], m1 * m1))
-        m_try = jnp.stack([m1, m2])
+        m_try = (m1, m2)
         r_try, d_try = _linearize(k, m_try)
         accept = go & (r_try[0] ** 2 + r_try[1] ** 2 <= (1.0 - 1e-4 * s.t) * (s.r[0] ** 2 + s.r[1] ** 2))
-        m, r = jnp.where(accept, m_try, s.m), jnp.where(accept, r_try, s.r)
-        return BatchState(m, r, jnp.where(accept, d_try, s.d), jnp.where(accept, 1.0, jnp.where(go, 0.5 * s.t, s.t)),
+        keep = lambda new, old: tuple(jnp.where(accept, x, y) for x, y in zip(new, old))
+        m, r = keep(m_try, s.m), keep(r_try, s.r)
+        return BatchState(m, r, keep(d_try, s.d), jnp.where(accept, 1.0, jnp.where(go, 0.5 * s.t, s.t)),
                           s.steps + go, jnp.where(go, _small(k, m, r, tol), s.done))
 
     return lax.while_loop(lambda s: jnp.sum(running(s, max_steps)) > until, body, s)
@@ -212,18 +209,22 @@ def _finish(k: _Batch, s: BatchState, tol, max_steps: int, shrink: int = 8) -> B
 
 def warm_start(k: _Batch, coarse, stride: int):
     """Start moments for every point of the batch from the solutions `coarse`
-    (2, B / stride) at points 0, stride, 2 stride, …: linear interpolation in
+    (B / stride,) × 2 at points 0, stride, 2 stride, …: linear interpolation in
     point order (constant after the last one), projected onto stable moments
     of each point. Sweeps list their points in grid order, where ℓ*(λ, α) is
     smooth between neighbours, so the start is close and Newton needs about
     2 steps instead of 3–14 from ℓ = 0; elsewhere the start is merely stable."""
-    right = jnp.concatenate([coarse[:, 1:], coarse[:, -1:]], axis=1)
-    frac = jnp.tile(jnp.arange(stride, dtype=coarse.dtype) / stride, coarse.shape[1])
-    left, right = jnp.repeat(coarse, stride, axis=1), jnp.repeat(right, stride, axis=1)
-    m = left + frac * (right - left)
-    m = jnp.where(jnp.isfinite(m[0]) & jnp.isfinite(m[1]), m, k.floor)
-    m1 = jnp.clip(m[0], k.floor[0], k.floor[0] + 0.99 * (1.0 / k.lam - k.floor[0]))  # λ m1 < 1 (eq. 4)
-    return jnp.stack([m1, jnp.maximum(m[1], jnp.maximum(k.floor[1], m1 * m1))])  # E[S²] ≥ E[S]²
+    def between(c):
+        right = jnp.concatenate([c[1:], c[-1:]])
+        frac = jnp.tile(jnp.arange(stride, dtype=c.dtype) / stride, c.shape[0])
+        left, right = jnp.repeat(c, stride), jnp.repeat(right, stride)
+        return left + frac * (right - left)
+
+    m = tuple(map(between, coarse))
+    ok = jnp.isfinite(m[0]) & jnp.isfinite(m[1])
+    m1 = jnp.where(ok, m[0], k.floor[0])
+    m1 = jnp.clip(m1, k.floor[0], k.floor[0] + 0.99 * (1.0 / k.lam - k.floor[0]))  # λ m1 < 1 (eq. 4)
+    return m1, jnp.maximum(jnp.where(ok, m[1], k.floor[1]), jnp.maximum(k.floor[1], m1 * m1))  # E[S²] ≥ E[S]²
 
 
 def newton_batch(problem: Problem, fields: dict, tol=None, max_steps: int = 40, stride: int = 1):
