@@ -307,7 +307,8 @@ def test_batched_response_jacobian_equals_autodiff(paper):
     m0 = np.stack(ja.moments(paper, jnp.zeros(6)))
     m = jnp.asarray(m0[:, None] * rng.uniform(1.0, 3.0, (2, n)))
     m = m.at[1].set(jnp.maximum(m[1], m[0] ** 2 * 1.01))
-    ell, F, dF = response(prepare(paper, fields), m)
+    ell, F, dF = response(prepare(paper, fields), tuple(m))
+    F, dF = jnp.stack(F), jnp.stack([jnp.stack(row) for row in dF])
 
     def F_point(f, mm):
         p = paper.replace(**f)
