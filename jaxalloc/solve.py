@@ -8,6 +8,8 @@ any status but converged (unless `throw=False`).
 
 from __future__ import annotations
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -166,9 +168,18 @@ def map_chunks(fn, values, chunk: int, devices: int):
     return jax.shard_map(local, mesh=mesh, in_specs=P("points"), out_specs=P("points"), check_vma=False)(values)
 
 
-def _batched(problem: Problem, solver, values: dict, chunk: int, devices: int, warm_start: int) -> Solution:
-    """Solve flat arrays of points in chunks over devices (see :func:`map_chunks`)."""
-    return map_chunks(lambda point: solve_batch(problem, point, solver, warm_start=warm_start), values, chunk, devices)
+def _batched(problem: Problem, solver, arrays: dict, shape: tuple, chunk: int, devices: int, warm_start: int) -> Solution:
+    """Solve the points of `arrays` (broadcast to `shape`) in chunks over devices
+    (see :func:`map_chunks`): flattening, padding (with the last point) and
+    unpadding happen inside the one compiled program."""
+    size = math.prod(shape)
+    padded = -(-size // (chunk * devices)) * chunk * devices
+    values = {}
+    for k, a in arrays.items():
+        flat = jnp.broadcast_to(a, shape).reshape(-1)
+        values[k] = jnp.concatenate([flat, jnp.broadcast_to(flat[-1], (padded - size,))])
+    out = map_chunks(lambda point: solve_batch(problem, point, solver, warm_start=warm_start), values, chunk, devices)
+    return jax.tree_util.tree_map(lambda x: x[:size].reshape(*shape, *x.shape[1:]), out)
 
 
 def chunk_layout(size: int, devices: int, chunk: int) -> int:
@@ -216,10 +227,4 @@ def solve_many(problem: Problem, method="newton", *, chunk: int = 16384, warm_st
     size = int(np.prod(shape)) if shape else 1
     devices = jax.local_device_count() if devices is None else int(devices)
     chunk = chunk_layout(size, devices, chunk)
-    padded = -(-size // (chunk * devices)) * chunk * devices
-    values = {}
-    for k, a in arrays.items():
-        flat = jnp.broadcast_to(a, shape).reshape(-1)
-        values[k] = jnp.concatenate([flat, jnp.full(padded - size, flat[-1], dtype)])  # pad with a real point
-    out = _batched_jit(problem, get_solver(method), values, chunk, devices, int(warm_start))
-    return jax.tree_util.tree_map(lambda x: x[:size].reshape(*shape, *x.shape[1:]), out)
+    return _batched_jit(problem, get_solver(method), arrays, tuple(shape), chunk, devices, int(warm_start))
