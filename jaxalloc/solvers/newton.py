@@ -53,6 +53,13 @@ def _solve_2x2(a, rhs):
     ) / det
 
 
+def step_tol(tol: float) -> float:
+    """Newton steps (relative) below this stop the iteration: the point after
+    the step is then converged to ~tol (quadratic convergence, constant ≤ 30),
+    which the final check confirms. 1e-7 at the float64 default tol."""
+    return 0.03 * tol**0.5
+
+
 class AggregateNewton(eqx.Module):
     """Safeguarded 2-D Newton iteration on (E[S], E[S²]).
 
@@ -93,7 +100,7 @@ class AggregateNewton(eqx.Module):
             done0, fresh = inactive, jnp.asarray(True)
         else:
             jac0, (r0, ell0) = self._linearize(problem, log_response_scale(problem), scale, m0)
-            done0, fresh = self._small(m0, r0, scale) | inactive, jnp.asarray(False)
+            done0, fresh = self._stop(m0, r0, jac0, scale) | inactive, jnp.asarray(False)
         return NewtonState(m0, r0, jac0, ell0, one, jnp.asarray(0), done0, fresh, scale)
 
     def _linearize(self, problem, log_scale, scale, m):
@@ -109,6 +116,26 @@ class AggregateNewton(eqx.Module):
         tol = resolve_tol(self.tol, m.dtype)
         return jnp.max(jnp.abs(r) * scale / jnp.maximum(m, scale)) <= tol
 
+    def _direction(self, r, jac, scale):
+        """The Newton step −(∂r/∂m)⁻¹ r; a fixed-point step where ∂r/∂m is singular."""
+        delta = -_solve_2x2(jac, r)
+        return jnp.where(jnp.all(jnp.isfinite(delta)), delta, r * scale)
+
+    def _stop(self, m, r, jac, scale):
+        """Converged at m, or the next Newton step is small enough (:func:`step_tol`)."""
+        tol = resolve_tol(self.tol, m.dtype)
+        step = jnp.max(jnp.abs(self._direction(r, jac, scale)) / jnp.maximum(m, scale))
+        return self._small(m, r, scale) | (step <= step_tol(tol))
+
+    @staticmethod
+    def _trial(problem: Problem, m, delta, t, floor):
+        """m + tδ projected onto moments a stable budget vector can have:
+        E[S] between its value at ℓ = 0 and 90% of the way to 1/λ from m,
+        E[S²] ≥ max(its value at ℓ = 0, E[S]²) (Jensen)."""
+        m1 = jnp.clip(m[0] + t * delta[0], floor[0], m[0] + 0.9 * (1.0 / problem.arrival_rate - m[0]))
+        m2 = jnp.maximum(m[1] + t * delta[1], jnp.maximum(floor[1], m1 * m1))
+        return jnp.stack([m1, m2])
+
     def running(self, state: NewtonState, max_steps: int | None = None):
         """Whether the loop would take another step from `state`."""
         cap = self.max_steps if max_steps is None else max_steps
@@ -116,35 +143,32 @@ class AggregateNewton(eqx.Module):
 
     def advance(self, problem: Problem, state: NewtonState, max_steps: int | None = None) -> NewtonState:
         """Iterate from `state` until converged or `max_steps` trial points in all."""
-        lam = problem.arrival_rate
         log_scale = log_response_scale(problem)  # loop-invariant, hoisted by hand
         floor = jnp.stack(moments(problem, jnp.zeros_like(problem.A)))  # moments at ℓ = 0
 
-        def newton_trial(m, r, jac, t, scale):
-            """m + tδ projected onto moments a stable budget vector can have:
-            E[S] between its value at ℓ = 0 and 90% of the way to 1/λ from m,
-            E[S²] ≥ max(its value at ℓ = 0, E[S]²) (Jensen)."""
-            delta = -_solve_2x2(jac, r)
-            delta = jnp.where(jnp.all(jnp.isfinite(delta)), delta, r * scale)  # singular: FP step
-            m1 = jnp.clip(m[0] + t * delta[0], floor[0], m[0] + 0.9 * (1.0 / lam - m[0]))
-            m2 = jnp.maximum(m[1] + t * delta[1], jnp.maximum(floor[1], m1 * m1))
-            return jnp.stack([m1, m2])
-
         def body(s: NewtonState) -> NewtonState:
-            m_try = jnp.where(s.fresh, s.m, newton_trial(s.m, s.r, s.jac, s.t, s.scale))  # fresh: only linearise
+            trial = self._trial(problem, s.m, self._direction(s.r, s.jac, s.scale), s.t, floor)
+            m_try = jnp.where(s.fresh, s.m, trial)  # fresh: only linearise
             jac_try, (r_try, ell_try) = self._linearize(problem, log_scale, s.scale, m_try)
             accept = s.fresh | (jnp.sum(r_try**2) <= (1.0 - 1e-4 * s.t) * jnp.sum(s.r**2))
             keep = lambda new, old: jnp.where(accept, new, old)
-            m, r = keep(m_try, s.m), keep(r_try, s.r)
+            m, r, jac = keep(m_try, s.m), keep(r_try, s.r), keep(jac_try, s.jac)
             return NewtonState(
-                m, r, keep(jac_try, s.jac), keep(ell_try, s.ell), jnp.where(accept, 1.0, 0.5 * s.t),
-                s.steps + 1, self._small(m, r, s.scale), jnp.zeros_like(s.fresh), s.scale,
+                m, r, jac, keep(ell_try, s.ell), jnp.where(accept, 1.0, 0.5 * s.t),
+                s.steps + 1, self._stop(m, r, jac, s.scale), jnp.zeros_like(s.fresh), s.scale,
             )
 
         return lax.while_loop(lambda s: self.running(s, max_steps), body, state)
 
-    def converged(self, state: NewtonState):
-        return state.done & self._small(state.m, state.r, state.scale)
+    def finalize(self, problem: Problem, state: NewtonState):
+        """(ℓ, converged) where the loop stopped: points that stopped take their
+        last Newton step (the loop stops once it is below :func:`step_tol`) and
+        are checked there against `tol`; the others keep their ℓ, unconverged."""
+        floor = jnp.stack(moments(problem, jnp.zeros_like(problem.A)))
+        m = self._trial(problem, state.m, self._direction(state.r, state.jac, state.scale), 1.0, floor)
+        ell = best_response(problem, m[0], m[1])
+        ok = state.done & ~state.fresh & self._small(m, (jnp.stack(moments(problem, ell)) - m) / state.scale, state.scale)
+        return jnp.where(ok, ell, state.ell), ok
 
     def finish(self, problem: Problem, state: NewtonState, start=None):
         """Run `state` to the end; where Newton fails, :meth:`rescue`.
@@ -152,7 +176,8 @@ class AggregateNewton(eqx.Module):
         **Returns:** (ℓ, steps, converged).
         """
         state = self.advance(problem, state)
-        return self.rescue(problem, state.ell, state.steps, self.converged(state), start)
+        ell, done = self.finalize(problem, state)
+        return self.rescue(problem, ell, state.steps, done, start)
 
     def rescue(self, problem: Problem, ell, steps, done, start=None):
         """The safeguard, active only where `done` is False (rare: far starts at
@@ -163,6 +188,6 @@ class AggregateNewton(eqx.Module):
         fallback = ProjectedNewton(tol=self.tol)
         ell_pn, steps_pn, done_pn = fallback(problem, ell_start, ~done)
         polish = self.advance(problem, self.init(problem, ell_pn, ~done, lazy=True))
-        done_pol = self.converged(polish)
-        ell = jnp.where(done, ell, jnp.where(done_pol, polish.ell, ell_pn))
+        ell_pol, done_pol = self.finalize(problem, polish)
+        ell = jnp.where(done, ell, jnp.where(done_pol, ell_pol, ell_pn))
         return ell, steps + steps_pn + polish.steps, done | done_pol | done_pn

@@ -37,6 +37,7 @@ from ..lambertw import lambertw_and_log
 from ..model import Problem
 from ..objective import delay_prices
 from .base import resolve_tol
+from .newton import step_tol
 
 
 class BatchState(NamedTuple):
@@ -132,21 +133,28 @@ def _linearize(k: _Batch, m):
     return r, tuple(jnp.where(ok, d[i], r[i] * k.scale[i]) for i in range(2))
 
 
-def budgets(k: _Batch, m):
-    """ℓ(m), task-major (N, B)."""
-    return response(k, m)[0]
-
-
 def _small(k: _Batch, m, r, tol):
     rel = [jnp.abs(r[i]) * k.scale[i] / jnp.maximum(m[i], k.scale[i]) for i in range(2)]
     return jnp.maximum(rel[0], rel[1]) <= tol
+
+
+def _stop(k: _Batch, m, r, d, tol):
+    """Converged at m, or the next Newton step d is below :func:`step_tol`."""
+    rel = [jnp.abs(d[i]) / jnp.maximum(m[i], k.scale[i]) for i in range(2)]
+    return _small(k, m, r, tol) | (jnp.maximum(rel[0], rel[1]) <= step_tol(tol))
+
+
+def _trial(k: _Batch, m, d, t):
+    """m + t d projected as in :meth:`AggregateNewton._trial`."""
+    m1 = jnp.clip(m[0] + t * d[0], k.floor[0], m[0] + 0.9 * (1.0 / k.lam - m[0]))
+    return m1, jnp.maximum(m[1] + t * d[1], jnp.maximum(k.floor[1], m1 * m1))
 
 
 def init(k: _Batch, tol, m=None) -> BatchState:
     """Newton state at m (default: moments(0), where every point starts cold)."""
     m = k.floor if m is None else m
     r, d = _linearize(k, m)
-    return BatchState(m, r, d, jnp.ones_like(m[0]), jnp.zeros(m[0].shape, jnp.int32), _small(k, m, r, tol))
+    return BatchState(m, r, d, jnp.ones_like(m[0]), jnp.zeros(m[0].shape, jnp.int32), _stop(k, m, r, d, tol))
 
 
 def running(s: BatchState, max_steps: int):
@@ -159,20 +167,19 @@ def advance(k: _Batch, s: BatchState, tol, max_steps: int, until: int = 0) -> Ba
     as :meth:`AggregateNewton.advance`, for the whole batch.
 
     The state carries the Newton direction at m rather than the Jacobian, and
-    no budgets (:func:`budgets` of the final m gives them): a rejected trial
-    point keeps both, so the steps are the same, with less to select per step."""
+    no budgets (:func:`newton_batch` computes them once, where the points
+    stop): a rejected trial point keeps both, so the steps are the same, with
+    less to select per step."""
 
     def body(s: BatchState) -> BatchState:
         go = running(s, max_steps)
-        m1 = jnp.clip(s.m[0] + s.t * s.d[0], k.floor[0], s.m[0] + 0.9 * (1.0 / k.lam - s.m[0]))
-        m2 = jnp.maximum(s.m[1] + s.t * s.d[1], jnp.maximum(k.floor[1], m1 * m1))
-        m_try = (m1, m2)
+        m_try = _trial(k, s.m, s.d, s.t)
         r_try, d_try = _linearize(k, m_try)
         accept = go & (r_try[0] ** 2 + r_try[1] ** 2 <= (1.0 - 1e-4 * s.t) * (s.r[0] ** 2 + s.r[1] ** 2))
         keep = lambda new, old: tuple(jnp.where(accept, x, y) for x, y in zip(new, old))
         m, r = keep(m_try, s.m), keep(r_try, s.r)
         return BatchState(m, r, keep(d_try, s.d), jnp.where(accept, 1.0, jnp.where(go, 0.5 * s.t, s.t)),
-                          s.steps + go, jnp.where(go, _small(k, m, r, tol), s.done))
+                          s.steps + go, jnp.where(go, _stop(k, m, r, keep(d_try, s.d), tol), s.done))
 
     return lax.while_loop(lambda s: jnp.sum(running(s, max_steps)) > until, body, s)
 
@@ -247,5 +254,8 @@ def newton_batch(problem: Problem, fields: dict, tol=None, max_steps: int = 40, 
         s = s._replace(steps=s.steps.at[::stride].add(sc.steps))
     else:
         s = _finish(k, init(k, tol), tol, max_steps)
-    done = s.done & _small(k, s.m, s.r, tol)
-    return budgets(k, s.m).T, s.steps, done
+    # the points that stopped take their last Newton step, and are checked there
+    m = tuple(jnp.where(s.done, a, b) for a, b in zip(_trial(k, s.m, s.d, 1.0), s.m))
+    ell, F, _ = response(k, m)
+    done = s.done & _small(k, m, tuple((F[i] - m[i]) / k.scale[i] for i in range(2)), tol)
+    return ell.T, s.steps, done
