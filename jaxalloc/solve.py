@@ -98,7 +98,9 @@ def solve_batch(problem: Problem, fields: dict, solver=AggregateNewton(), *, war
       point from ℓ = 0 and start the others between their solutions (1: all
       from ℓ = 0). Pays where neighbouring points are neighbours in parameter
       space, as in grids (measured at N = 6: −25% time); costs +17% for
-      points in random order.
+      points in random order. A point's result then depends on its
+      neighbours in the batch at the level of the solver's tolerance (e.g.
+      budgets within ~3e-12 tokens when a sweep is cut into other chunks).
 
     :class:`AggregateNewton` runs as :func:`~jaxalloc.solvers.newton_batched.newton_batch`:
     the whole batch task-major with a hand-written Jacobian, the points still
