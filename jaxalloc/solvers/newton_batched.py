@@ -198,17 +198,24 @@ def _running_first(go):
     return jnp.zeros_like(slot).at[slot].set(jnp.arange(go.shape[0], dtype=slot.dtype), unique_indices=True)
 
 
+SMALLEST_LEVEL = 256
+"""Compaction stops at batches this small, which run to the end: every level
+compiles its own loop (a sweep's first block, chunks of 4096 points: 24 s to
+compile with levels down to 2 points, 11 s down to 256), and the levels below
+gain nothing measurable."""
+
+
 def _finish(k: _Batch, s: BatchState, tol, max_steps: int, shrink: int = 2) -> BatchState:
     """Iterate the batch until at most 1/`shrink` of its points still run, move
     those to the front, and finish them the same way in a batch that much
-    smaller (down to `shrink` points, run to the end). A `while_loop` over a
+    smaller (down to :data:`SMALLEST_LEVEL` points, run to the end). A `while_loop` over a
     batch costs every point the steps of the slowest (9–14 on a wide (λ, α)
     grid, for a median of 3); this costs each level the steps of its own.
     Halving (`shrink` = 2) measured fastest against 4 and 8 (N = 6, 102,400
     points, 2 cores: 5% on a grid, 15% in random order against 8)."""
     size = k.lam.shape[0]
     rest = size // shrink
-    if rest < shrink or size % shrink:
+    if rest < SMALLEST_LEVEL or size % shrink:
         return advance(k, s, tol, max_steps)
     s = advance(k, s, tol, max_steps, until=rest)
     lanes = _running_first(running(s, max_steps))[:rest]
