@@ -41,8 +41,8 @@ from .newton import step_tol
 
 
 class BatchState(NamedTuple):
-    """Newton state of B points: moments (2, B), residual (2, B), Newton direction
-    (2, B), step length, trial points so far, converged."""
+    """Newton state of B points: moments, residual and Newton direction (pairs of
+    (B,) arrays), step length, trial points so far, converged."""
 
     m: Array
     r: Array
@@ -100,7 +100,8 @@ def prepare(problem: Problem, fields: dict) -> _Batch:
 
 
 def response(k: _Batch, m):
-    """Budgets ℓ(m) (N, B), the moments they give F(m) (2, B) and ∂F/∂m (2, 2, B)."""
+    """Budgets ℓ(m) (N, B), the moments they give F(m) (a pair of (B,) arrays)
+    and ∂F/∂m (pairs of pairs, ∂F_i/∂m_j at [i][j]), for m a pair of (B,) arrays."""
     m1, m2 = m[0], m[1]
     prices = lambda x, y: delay_prices(k.lam, x, y)
     (T1, T2), dT_dm1 = jax.jvp(prices, (m1, m2), (jnp.ones_like(m1), jnp.zeros_like(m2)))
@@ -177,9 +178,9 @@ def advance(k: _Batch, s: BatchState, tol, max_steps: int, until: int = 0) -> Ba
         r_try, d_try = _linearize(k, m_try)
         accept = go & (r_try[0] ** 2 + r_try[1] ** 2 <= (1.0 - 1e-4 * s.t) * (s.r[0] ** 2 + s.r[1] ** 2))
         keep = lambda new, old: tuple(jnp.where(accept, x, y) for x, y in zip(new, old))
-        m, r = keep(m_try, s.m), keep(r_try, s.r)
-        return BatchState(m, r, keep(d_try, s.d), jnp.where(accept, 1.0, jnp.where(go, 0.5 * s.t, s.t)),
-                          s.steps + go, jnp.where(go, _stop(k, m, r, keep(d_try, s.d), tol), s.done))
+        m, r, d = keep(m_try, s.m), keep(r_try, s.r), keep(d_try, s.d)
+        return BatchState(m, r, d, jnp.where(accept, 1.0, jnp.where(go, 0.5 * s.t, s.t)),
+                          s.steps + go, jnp.where(go, _stop(k, m, r, d, tol), s.done))
 
     return lax.while_loop(lambda s: jnp.sum(running(s, max_steps)) > until, body, s)
 
