@@ -24,8 +24,6 @@ second derivatives of E[T] (autodiff again).
 
 from __future__ import annotations
 
-import functools
-import operator
 from typing import NamedTuple
 
 import jax
@@ -35,7 +33,7 @@ from jaxtyping import Array
 
 from ..lambertw import lambertw_and_log
 from ..model import Problem
-from ..objective import delay_prices
+from ..objective import delay_prices, over_tasks
 from .base import resolve_tol
 from .newton import step_tol
 
@@ -69,13 +67,8 @@ class _Batch(NamedTuple):
 
 
 def task_sum(x):
-    """Σ over tasks of a task-major array (axis 0). Up to 16 tasks, written out
-    row by row: XLA:CPU fuses that with the elementwise work around it, while
-    an axis-0 `reduce` becomes a library kernel per sum (measured: the six of
-    a linearisation took a third of a Newton step at N = 6)."""
-    if x.shape[0] > 16:
-        return jnp.sum(x, 0)
-    return functools.reduce(operator.add, [x[i] for i in range(x.shape[0])])
+    """Σ over tasks of a task-major array (axis 0), see :func:`jaxalloc.objective.over_tasks`."""
+    return over_tasks(jnp.add, x, axis=0)
 
 
 def _task_major(x):
