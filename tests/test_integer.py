@@ -61,3 +61,25 @@ def test_integer_budgets_respect_max_tokens():
     assert float(jnp.max(ja.integer_budgets(problem, star))) == 1000.0
     with pytest.raises(ValueError, match="integer method = 'best'"):
         ja.integer_budgets(problem, star, "best")
+
+
+def test_enumeration_batched_equals_points_and_argmax():
+    """A batch (fields with a leading axis) gives the per-point answers, and the
+    max/min argmax equals numpy's argmax, ties to the lowest index included."""
+    problem = random_problem(3, 6, 0.4, 1.5)
+    lam = float(problem.arrival_rate) * np.linspace(0.2, 1.2, 9)
+    alpha = np.geomspace(1.0, 300.0, 9)
+    stars = np.stack([np.asarray(ja.solve(problem.replace(arrival_rate=l, alpha=a)).budgets) for l, a in zip(lam, alpha)])
+    stars[0] = np.floor(stars[0])  # integral already: floor = ceil, every candidate ties
+    batch = problem.replace(arrival_rate=jnp.asarray(lam), alpha=jnp.asarray(alpha))
+    found = np.asarray(ja.enumerate_floor_ceil(batch, jnp.asarray(stars)))
+    for i in range(len(lam)):
+        p = problem.replace(arrival_rate=lam[i], alpha=alpha[i])
+        np.testing.assert_array_equal(found[i], _brute_force(p, stars[i]))
+    np.testing.assert_array_equal(found[0], stars[0])
+
+    from jaxalloc.solvers.integer import _first_argmax
+
+    values = np.random.default_rng(0).integers(0, 5, (200, 64)).astype(np.float64)  # many ties
+    values[:3] = -np.inf  # all candidates unstable: index 0, as argmax
+    np.testing.assert_array_equal(np.asarray(_first_argmax(jnp.asarray(values))), np.argmax(values, axis=-1))

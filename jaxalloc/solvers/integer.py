@@ -16,7 +16,7 @@ import numpy as np
 from jax import lax
 
 from ..model import Problem
-from ..objective import mean_system_time, moments, service_times, task_accuracy
+from ..objective import mean_system_time, moments, over_tasks, service_times, task_accuracy
 
 MAX_ENUMERATE_TASKS = 16
 """Largest N for the 2^N enumeration of eq. 39 (65,536 candidates)."""
@@ -37,6 +37,11 @@ def round_budgets(problem: Problem, budgets):
 def enumerate_floor_ceil(problem: Problem, budgets):
     """argmax of J over ℓ_k ∈ {⌊ℓ*_k⌋, ⌈ℓ*_k⌉} (eq. 39), all 2^N candidates at once.
 
+    Works on one point (`budgets` of shape (N,)) or a batch ((..., N), the
+    problem's fields broadcasting against it, as in a problem whose scalar
+    fields hold one value per point). Ties go to the candidate of lowest
+    index Σ_k 2^k [ℓ_k = ⌈ℓ*_k⌉], as `argmax` would.
+
     Raises `ValueError` when N > :data:`MAX_ENUMERATE_TASKS`; use
     :func:`coordinate_search` there.
     """
@@ -47,18 +52,44 @@ def enumerate_floor_ceil(problem: Problem, budgets):
             f"enumeration is limited to N <= {MAX_ENUMERATE_TASKS}, use the coordinate search"
         )
     lo, hi = _floor_ceil(problem, budgets)
-    bits = jnp.asarray((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1, budgets.dtype)
     # J of every candidate from its parts (eq. 7): the moments (eq. 3) and the mean
     # accuracy are linear in the floor/ceil choice, so 2^N candidates cost 2^N × 3
     # dot products of length N, and no exponential beyond the 2N of p(⌊ℓ⌋), p(⌈ℓ⌉).
     prob = problem.prob
     t_lo, t_hi = service_times(problem, lo), service_times(problem, hi)
     p_lo, p_hi = task_accuracy(problem, lo), task_accuracy(problem, hi)
-    m1 = jnp.sum(prob * t_lo) + bits @ (prob * (t_hi - t_lo))
-    m2 = jnp.sum(prob * t_lo**2) + bits @ (prob * (t_hi**2 - t_lo**2))
-    acc = jnp.sum(prob * p_lo) + bits @ (prob * (p_hi - p_lo))
-    values = problem.alpha * acc - mean_system_time(problem.arrival_rate, m1, m2)
-    return jnp.where(bits[jnp.argmax(values)] > 0, hi, lo)
+    total = lambda at_lo, at_hi: _candidate_sums(prob * at_lo, prob * (at_hi - at_lo))
+    m1, m2 = total(t_lo, t_hi), total(t_lo**2, t_hi**2)
+    lam, alpha = (jnp.asarray(x)[..., None] for x in (problem.arrival_rate, problem.alpha))
+    values = alpha * total(p_lo, p_hi) - mean_system_time(lam, m1, m2)
+    best = _first_argmax(values)
+    chosen = (best[..., None] >> jnp.arange(n, dtype=best.dtype)) & 1
+    return jnp.where(chosen > 0, hi, lo)
+
+
+def _candidate_sums(base, step):
+    """Σ_k base_k + Σ_k bit_k(c) step_k for every candidate c < 2^N (last axis).
+
+    Written as N broadcast multiply-adds with constant 0/1 columns, which XLA
+    fuses into one elementwise loop; a dot with the (2^N, N) bit matrix runs
+    as a library GEMM of inner size N, slower here (with the two reductions
+    of :func:`_first_argmax`, eq. 39 in a sweep block at N = 6 went from
+    ~146 to ~78 ms per 262,144 points on 2 cores)."""
+    n = base.shape[-1]
+    bits = (np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1
+    total = over_tasks(jnp.add, base)[..., None]
+    for k in range(n):
+        total = total + step[..., k, None] * jnp.asarray(bits[:, k], base.dtype)
+    return total
+
+
+def _first_argmax(values):
+    """`argmax` over the last axis, ties to the lowest index, as a max and a min:
+    XLA:CPU runs `argmax` as a scalar loop over (value, index) pairs (at N = 6,
+    2^6 candidates: 320 → 150 ns per point on one core)."""
+    best = jnp.max(values, axis=-1, keepdims=True)
+    index = jnp.arange(values.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where(values == best, index, values.shape[-1]), axis=-1)
 
 
 def coordinate_search(problem: Problem, budgets, max_flips: int | None = None):
