@@ -291,7 +291,12 @@ def _point_columns(problem: Problem, solution, integer: str) -> dict:
 
 def _compute_block(problem: Problem, values: tuple, start, targets: tuple, shape: tuple, solver, integer: str,
                    block: int, chunk: int, devices: int) -> dict:
-    """Columns of points start .. start + block − 1 (indices past the end repeat the last point)."""
+    """Columns of points start .. start + block − 1 (indices past the end repeat the last point).
+
+    They come out as the table stores them, so that the host wraps the device
+    buffers without copying (:func:`_block_table`): the swept values, one row
+    per task for the budgets ((N, block) arrays), integer budgets as integers,
+    status codes as int8."""
     size = math.prod(shape)
     itype = jnp.int64 if jax.config.jax_enable_x64 else jnp.int32
     flat = jnp.minimum(start + jnp.arange(block, dtype=itype), size - 1)
@@ -306,33 +311,47 @@ def _compute_block(problem: Problem, values: tuple, start, targets: tuple, shape
         return dict(budgets=sol.budgets, objective=sol.objective, kkt_residual=sol.kkt_residual,
                     iterations=sol.iterations, status=sol.status, **extra)
 
-    return map_chunks(one_chunk, lane_values, chunk, devices)
+    out = map_chunks(one_chunk, lane_values, chunk, devices)
+    out["budgets"] = out["budgets"].T
+    out["integer_budgets"] = out["integer_budgets"].T.astype(itype)
+    out["status"] = out["status"].astype(jnp.int8)
+    out["axes"] = lane_values
+    return out
 
 
 _compute_block_jit = eqx.filter_jit(_compute_block)
 
 
+def _host_parts(x, axis: int = 0) -> list[np.ndarray]:
+    """A device array as NumPy views of its shards along `axis`, in order (no copy
+    on a CPU; a replicated array gives one part)."""
+    parts = {}
+    for shard in x.addressable_shards:
+        parts.setdefault(shard.index[axis].start or 0, shard.data)
+    return [np.asarray(parts[k]) for k in sorted(parts)]
+
+
 def _block_table(plan: SweepPlan, index: int, out: dict):
-    """The rows of block `index` as a pyarrow Table (padding dropped)."""
+    """The rows of block `index` as a pyarrow Table (padding dropped), its columns
+    made of the device buffers (see :func:`_compute_block`)."""
     import pyarrow as pa
 
-    lo = index * plan.block
-    n = min(plan.block, plan.size - lo)
-    flat = np.arange(lo, lo + n)
-    cols: dict[str, Any] = {}
-    for a, sub in zip(plan.axes, np.unravel_index(flat, plan.shape)):
-        cols[a.name] = a.values.astype(plan.dtype)[sub]
-    budgets, ints = np.asarray(out["budgets"])[:n], np.asarray(out["integer_budgets"])[:n]
-    for k, t in enumerate(plan.problem.names):
-        cols[f"budget_{t}"] = budgets[:, k]
-    for k, t in enumerate(plan.problem.names):
-        cols[f"integer_budget_{t}"] = ints[:, k].astype(np.int64)
+    n = min(plan.block, plan.size - index * plan.block)
+    column = lambda parts: pa.chunked_array([pa.array(p) for p in parts]).slice(0, n)
+    cols: dict[str, Any] = {a.name: column(_host_parts(v)) for a, v in zip(plan.axes, out["axes"])}
+    for kind, prefix in (("budgets", "budget_"), ("integer_budgets", "integer_budget_")):
+        parts = _host_parts(out[kind], axis=1)
+        if kind == "integer_budgets":  # int32 without jax_enable_x64
+            parts = [p.astype(np.int64, copy=False) for p in parts]
+        for k, t in enumerate(plan.problem.names):
+            cols[prefix + t] = column([p[k] for p in parts])
     for name in ("objective", "accuracy", "mean_system_time", "utilization"):
-        cols[name] = np.asarray(out[name])[:n]
-    codes = np.asarray(out["status"])[:n].astype(np.int8)
-    cols["status"] = pa.DictionaryArray.from_arrays(pa.array(codes), pa.array([s.label for s in Status]))
-    cols["kkt_residual"] = np.asarray(out["kkt_residual"])[:n]
-    cols["iterations"] = np.asarray(out["iterations"])[:n]
+        cols[name] = column(_host_parts(out[name]))
+    labels = pa.array([s.label for s in Status])
+    cols["status"] = pa.chunked_array([pa.DictionaryArray.from_arrays(pa.array(p), labels)
+                                       for p in _host_parts(out["status"])]).slice(0, n)
+    cols["kkt_residual"] = column(_host_parts(out["kkt_residual"]))
+    cols["iterations"] = column(_host_parts(out["iterations"]))
     return pa.table(cols)
 
 
