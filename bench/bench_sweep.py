@@ -148,7 +148,7 @@ def main(argv=None):
     out["runs"]["N=6 float32"]["max_token_diff_vs_float64"] = diff
     print(f"  N=6 float32   {secs:8.3f} s (max |Δℓ| vs float64 {diff:.3g} tokens)", flush=True)
     for n in (64, 1024):
-        secs, res, t = timed_sweep(make_problem(n), grid(wide), a.repeats, block=wide)
+        secs, res, t = timed_sweep(make_problem(n), grid(wide), a.repeats)
         out["runs"][f"N={n} float64"] = summarise(res, t, secs)
         print(f"  N={n:<5d} float64 {secs:8.3f} s for {t.num_rows:,} points", flush=True)
 

@@ -51,7 +51,7 @@ import numpy as np
 from .model import Problem, ProblemError, validate
 from .objective import mean_accuracy, mean_system_time, moments, utilization
 from .solution import Status
-from .solve import get_solver, map_chunks, solve_batch
+from .solve import chunk_layout, get_solver, map_chunks, solve_batch
 from .solvers.integer import MAX_ENUMERATE_TASKS, integer_budgets
 
 SCALAR_FIELDS = ("arrival_rate", "alpha", "max_tokens")
@@ -63,7 +63,8 @@ SWEEP_COORDINATE_TASKS = 64
 """... use the coordinate search up to this N, and rounding (eq. 40) beyond
 (the search scores N flips per step and may take many steps at N = 1024)."""
 CHUNK_ELEMENTS = 24576  # points × tasks vmapped together: 4096 points at N = 6, fastest on a 2-core CPU
-DEFAULT_BLOCK = 1 << 17  # points per compiled call, and per row group of the output
+DEFAULT_BLOCK = 1 << 17  # points per compiled call, and per row group of the output ...
+BLOCK_ELEMENTS = 1 << 22  # ... and at most this many points × tasks (32 MiB per float64 array of budgets)
 
 
 class SweepError(ValueError):
@@ -260,16 +261,21 @@ def plan_sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "newt
     if devices < 1 or devices > jax.local_device_count():
         raise SweepError(f"devices = {devices}: this process has {jax.local_device_count()} local devices")
     size = math.prod(a.values.size for a in axis_list)
-    want = DEFAULT_BLOCK if block is None else int(block)
-    if want < 1:
-        raise SweepError(f"block = {want}: must be >= 1")
     if chunk is None:  # working arrays of about CHUNK_ELEMENTS values stay in cache
         chunk = max(16, min(4096, 1 << int(math.log2(max(1, CHUNK_ELEMENTS // problem.num_tasks)))))
     if int(chunk) < 1:
         raise SweepError(f"chunk = {chunk}: must be >= 1")
-    chunk = max(1, min(int(chunk), -(-size // devices), -(-want // devices)))
-    per_block = devices * chunk
-    block = per_block * max(1, min(-(-want // per_block), -(-size // per_block)))
+    if block is None:  # equal blocks of equal chunks, with the least padding
+        want = min(DEFAULT_BLOCK, max(1, BLOCK_ELEMENTS // problem.num_tasks))
+        per_block = -(-size // -(-size // want))
+        chunk = chunk_layout(per_block, devices, int(chunk))
+        block = chunk * devices * -(-per_block // (chunk * devices))
+    else:
+        if int(block) < 1:
+            raise SweepError(f"block = {block}: must be >= 1")
+        chunk = max(1, min(int(chunk), -(-size // devices), -(-int(block) // devices)))
+        per_block = devices * chunk
+        block = per_block * max(1, min(-(-int(block) // per_block), -(-size // per_block)))
     return SweepPlan(problem, axis_list, method, integer, block, chunk, devices)
 
 
@@ -529,8 +535,10 @@ def sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "newton", 
     - `resume`: reuse finished blocks of an interrupted run of the same sweep.
     - `progress`: show a progress bar (default: when stderr is a terminal).
     - `block`, `chunk`, `devices`: points per compiled call (and per row
-      group; default 2^17), points vmapped together (default about 24,576 / N,
-      a power of two), local devices to use (default all).
+      group), points vmapped together, local devices to use (default all).
+      By default the blocks hold at most 2^17 points and 2^22 points × tasks
+      (so memory stays bounded at any N), all of equal size, cut into equal
+      chunks of at most about 24,576 / N points, so that padding is small.
     - `process_index`, `process_count`: this process's share of the blocks
       (default `jax.process_index()` / `jax.process_count()`); needs `out`.
     - `on_block`: called with each block index when its part is written.

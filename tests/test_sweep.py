@@ -160,6 +160,24 @@ def test_plan_rejects_bad_axes(paper):
         plan_sweep(paper, {"alpha": [1.0, np.nan]})
 
 
+def test_default_blocks_are_equal_bounded_and_barely_padded(paper):
+    from jaxalloc.sweep import BLOCK_ELEMENTS, DEFAULT_BLOCK
+
+    from problems import random_problem
+
+    wide = random_problem(0, 1024, 0.3, 1.0)
+    for problem, axes in ((paper, {"arrival_rate": "0.01:0.2:1000", "alpha": "1:100:1000"}),
+                          (paper, {"arrival_rate": "0.01:0.2:7", "alpha": "1:100:11"}),
+                          (wide, {"arrival_rate": "0.001:0.01:100", "alpha": "1:100:100"})):
+        plan = plan_sweep(problem, axes, devices=1)
+        n = problem.num_tasks
+        assert plan.block <= DEFAULT_BLOCK and plan.block * n <= BLOCK_ELEMENTS
+        assert plan.block % plan.chunk == 0
+        padding = plan.num_blocks * plan.block - plan.size
+        assert 0 <= padding <= max(0.02 * plan.size, 128 * plan.num_blocks), (plan.block, plan.chunk, padding)
+    assert plan_sweep(paper, {"alpha": "1:100:1000000"}, devices=1).num_blocks == 8  # 10^6 / 2^17 rounded up
+
+
 @pytest.mark.parametrize("args, words", [
     (["--arrival-rate", "0.2:0.01:10"], "--arrival-rate = '0.2:0.01:10': STOP"),
     (["--arrival-rate", "0.01:0.2:0"], "NUM = 0"),
