@@ -33,7 +33,21 @@ def over_tasks(op, x, axis: int = -1):
     n = x.shape[axis]
     if n > 16:
         return jnp.sum(x, axis) if op is jnp.add else jnp.max(x, axis)
+    if op is jnp.add:
+        return _sum_of_slices(x, axis)
     return functools.reduce(op, [lax.index_in_dim(x, i, axis, keepdims=False) for i in range(n)])
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _sum_of_slices(x, axis):
+    return functools.reduce(jnp.add, [lax.index_in_dim(x, i, axis, keepdims=False) for i in range(x.shape[axis])])
+
+
+@_sum_of_slices.defjvp
+def _sum_of_slices_jvp(axis, primals, tangents):
+    # the tangent as a plain sum, whose transpose (reverse mode) is one broadcast
+    # rather than a padded copy of every slice
+    return _sum_of_slices(primals[0], axis), jnp.sum(tangents[0], axis)
 
 
 def service_times(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, " N"]:
@@ -53,13 +67,13 @@ def task_accuracy(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array,
 
 def mean_accuracy(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, ""]:
     """Σ_k π_k p_k(ℓ_k), the accuracy term of eq. 7 (without α)."""
-    return jnp.sum(problem.prob * task_accuracy(problem, budgets), axis=-1)
+    return over_tasks(jnp.add, problem.prob * task_accuracy(problem, budgets))
 
 
 def moments(problem: Problem, budgets: Float[Array, " N"]) -> tuple[Array, Array]:
     """(E[S], E[S²]) of the service time (eq. 3)."""
     t = service_times(problem, budgets)
-    return jnp.sum(problem.prob * t, axis=-1), jnp.sum(problem.prob * t * t, axis=-1)
+    return over_tasks(jnp.add, problem.prob * t), over_tasks(jnp.add, problem.prob * t * t)
 
 
 def utilization(arrival_rate, m1) -> Array:
