@@ -343,7 +343,7 @@ def _block_table(plan: SweepPlan, index: int, out: dict):
     import pyarrow as pa
 
     n = min(plan.block, plan.size - index * plan.block)
-    column = lambda parts: pa.chunked_array([pa.array(p) for p in parts]).slice(0, n)
+    column = lambda parts: pa.chunked_array(parts).slice(0, n)
     cols: dict[str, Any] = {a.name: column(_host_parts(v)) for a, v in zip(plan.axes, out["axes"])}
     for kind, prefix in (("budgets", "budget_"), ("integer_budgets", "integer_budget_")):
         parts = _host_parts(out[kind], axis=1)
@@ -351,13 +351,12 @@ def _block_table(plan: SweepPlan, index: int, out: dict):
             parts = [p.astype(np.int64, copy=False) for p in parts]
         for k, t in enumerate(plan.problem.names):
             cols[prefix + t] = column([p[k] for p in parts])
-    for name in ("objective", "accuracy", "mean_system_time", "utilization"):
-        cols[name] = column(_host_parts(out[name]))
     labels = pa.array([s.label for s in Status])
-    cols["status"] = pa.chunked_array([pa.DictionaryArray.from_arrays(pa.array(p), labels)
-                                       for p in _host_parts(out["status"])]).slice(0, n)
-    cols["kkt_residual"] = column(_host_parts(out["kkt_residual"]))
-    cols["iterations"] = column(_host_parts(out["iterations"]))
+    for name in ("objective", "accuracy", "mean_system_time", "utilization", "status", "kkt_residual", "iterations"):
+        parts = _host_parts(out[name])
+        if name == "status":
+            parts = [pa.DictionaryArray.from_arrays(pa.array(p), labels) for p in parts]
+        cols[name] = column(parts)
     return pa.table(cols)
 
 
