@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from typing import Sequence
 
@@ -275,7 +276,8 @@ def _cmd_sweep(args) -> int:
         print(f"jaxalloc sweep: {name}, {summary['points']:,} points "
               f"({' × '.join(str(n) for n in summary['shape'])}: {', '.join(summary['axes'])})")
         print(f"  solved {summary['computed_points']:,} points in {summary['seconds']:.2f} s "
-              f"({summary['points_per_second']:,.0f} points/s including compilation, {summary['dtype']}, {summary['method']})")
+              f"({summary['points_per_second']:,.0f} points/s including compilation, {summary['dtype']}, {summary['method']}, "
+              f"{summary['devices']} device{'s' if summary['devices'] > 1 else ''})")
         print(f"  status: {counts}")
         print(f"  wrote {summary['path']}" if result.complete else
               f"  process {args.process_id}: wrote its blocks; process 0 writes {summary['path']}")
@@ -380,5 +382,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":  # pragma: no cover
+def _one_device_per_core() -> None:
+    """On a CPU, one JAX device per core (a sweep splits its points over the
+    devices), unless XLA_FLAGS already sets the count. It must run before JAX
+    starts a backend, so only the command line does it, not :func:`main`."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={usable_cores()}".strip()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _keep_compiled_programs() -> None:
+    """JAX's persistent compilation cache in the user's cache folder, unless
+    JAX_COMPILATION_CACHE_DIR names another: a sweep's block program takes
+    ~11 s to compile on 2 cores, and a second run of the command loads it
+    (10^4 points: 13.9 → 2.9 s)."""
+    import jax
+
+    if jax.config.jax_compilation_cache_dir:
+        return
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = os.path.join(base, "jaxalloc", "jax")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:  # no writable cache folder: compile every time, quietly
+        return
+    if os.access(folder, os.W_OK):
+        jax.config.update("jax_compilation_cache_dir", folder)
+
+
+def entry() -> None:
+    """The `jaxalloc` command."""
+    _one_device_per_core()
+    _keep_compiled_programs()
     sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()

@@ -496,7 +496,8 @@ class SweepResult:
     def summary(self) -> dict[str, Any]:
         return dict(path=None if self.path is None else str(self.path), points=self.plan.size,
                     shape=list(self.plan.shape), axes=[a.name for a in self.plan.axes], method=self.plan.method,
-                    dtype=str(self.plan.dtype), blocks=self.plan.num_blocks, computed_points=self.computed_points,
+                    dtype=str(self.plan.dtype), blocks=self.plan.num_blocks, devices=self.plan.devices,
+                    computed_points=self.computed_points,
                     seconds=self.seconds, points_per_second=self.points_per_second,
                     status_counts=self.status_counts, complete=self.complete)
 

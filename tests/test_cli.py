@@ -150,3 +150,23 @@ def test_sensitivity_bad_input(tmp_path, capsys, args, needle):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and needle in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_command_uses_every_core_and_keeps_compiled_programs(tmp_path):
+    """`jaxalloc` (python -m jaxalloc.cli) makes each core a device unless XLA_FLAGS sets
+    the count, and keeps JAX's compiled programs in the user's cache folder."""
+    axes = ["sweep", "--arrival-rate", "0.01:0.1:2", "--alpha", "1:10:3", "--json"]
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR")}
+    env.update(JAX_PLATFORMS="cpu", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    every = subprocess.run([sys.executable, "-m", "jaxalloc.cli", *axes, "--out", str(tmp_path / "a.parquet")],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert every.returncode == 0, every.stderr
+    from jaxalloc.cli import usable_cores
+
+    assert json.loads(every.stdout)["devices"] == usable_cores()
+    assert any((tmp_path / "cache" / "jaxalloc" / "jax").iterdir())  # compiled programs kept
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    one = subprocess.run([sys.executable, "-m", "jaxalloc.cli", *axes, "--out", str(tmp_path / "b.parquet")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr
+    assert json.loads(one.stdout)["devices"] == 1
