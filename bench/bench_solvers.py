@@ -38,8 +38,9 @@ import os
 # (measured: ~180 ms vs ~1 ms per solve), which would flatter the ratio ~100×.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # One XLA host device per core, so that solve_many splits the grid over all cores.
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):  # also when set to other flags
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={os.cpu_count()}").strip()
+from jaxalloc.cli import use_every_core  # noqa: E402  (sets XLA_FLAGS; JAX has started no backend yet)
+
+use_every_core()
 
 import jax
 

@@ -28,8 +28,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see bench_solvers.py
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):  # also when set to other flags
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={os.cpu_count()}").strip()
+from jaxalloc.cli import use_every_core  # noqa: E402  (sets XLA_FLAGS; JAX has started no backend yet)
+
+use_every_core()
 
 import jax
 

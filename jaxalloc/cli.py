@@ -382,10 +382,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _one_device_per_core() -> None:
+def use_every_core() -> None:
     """On a CPU, one JAX device per core (a sweep splits its points over the
     devices), unless XLA_FLAGS already sets the count. It must run before JAX
-    starts a backend, so only the command line does it, not :func:`main`."""
+    starts a backend: the command line and the benchmarks call it first thing;
+    :func:`main` does not."""
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={usable_cores()}".strip()
@@ -417,7 +418,7 @@ def _keep_compiled_programs() -> None:
 
 def entry() -> None:
     """The `jaxalloc` command."""
-    _one_device_per_core()
+    use_every_core()
     _keep_compiled_programs()
     sys.exit(main())
 

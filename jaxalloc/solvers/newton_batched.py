@@ -119,12 +119,17 @@ def _linearize(k: _Batch, m):
     """Scaled residual r = (F(m) − m) / scale and the Newton direction
     −(∂r/∂m)⁻¹ r at m (a fixed-point step F(m) − m where the Jacobian is singular)."""
     _, F, dF = response(k, m)
-    r = tuple((F[i] - m[i]) / k.scale[i] for i in range(2))
+    r = _residual(k, F, m)
     a, b, c, e = ((dF[i][j] - (i == j)) / k.scale[i] for i in range(2) for j in range(2))
     det = a * e - b * c
     d = (-(e * r[0] - b * r[1]) / det, -(a * r[1] - c * r[0]) / det)
     ok = jnp.isfinite(d[0]) & jnp.isfinite(d[1])
     return r, tuple(jnp.where(ok, d[i], r[i] * k.scale[i]) for i in range(2))
+
+
+def _residual(k: _Batch, F, m):
+    """(F(m) − m) / scale, a pair of (B,) arrays."""
+    return tuple((F[i] - m[i]) / k.scale[i] for i in range(2))
 
 
 def _small(k: _Batch, m, r, tol):
@@ -265,5 +270,5 @@ def newton_batch(problem: Problem, fields: dict, tol=None, max_steps: int = 40, 
     # the points that stopped take their last Newton step, and are checked there
     m = tuple(jnp.where(s.done, a, b) for a, b in zip(_trial(k, s.m, s.d, 1.0), s.m))
     ell, F, _ = response(k, m)
-    done = s.done & _small(k, m, tuple((F[i] - m[i]) / k.scale[i] for i in range(2)), tol)
+    done = s.done & _small(k, m, _residual(k, F, m), tol)
     return ell.T, s.steps, done
