@@ -150,7 +150,7 @@ def main(argv=None) -> int:
         _, kv = read_bytes_per_token(config, dtype.itemsize, pts[0]["cache_len"])
         bound = weights / bandwidth if bandwidth else None
         bound_kv = (weights + kv) / bandwidth if bandwidth else None
-        fmt = lambda v, f: f"{v:{f}}" if v is not None else "n/a"  # noqa: E731
+        fmt = lambda v, f: f"{v:{f}}" if v is not None else "n/a"
         print(f"{length:>7}{t0 * 1e3:>10.2f}{prefill * 1e3:>14.2f}{c * 1e3:>14.4f}{r2:>9.5f}"
               f"{fmt(bound and bound * 1e3, '12.4f'):>12}{fmt(bound and c / bound, '9.2f'):>9}"
               f"{fmt(bound_kv and bound_kv * 1e3, '10.4f'):>10}{fmt(bound_kv and c / bound_kv, '10.2f'):>10}")

@@ -39,16 +39,16 @@ import sys
 import time
 from pathlib import Path
 
+import jaxlib
 import numpy as np
 
 import jaxalloc
-import jaxlib
 
 TARGET_RATE, TARGET_RATIO = 2.5e7, 300.0
 
 
 def time_jax(problem, ell, queries, replications, repeats):
-    run = lambda s: jax.block_until_ready(  # noqa: E731
+    run = lambda s: jax.block_until_ready(
         jaxalloc.simulate(problem, ell, queries=queries, replications=replications, seed=s))
     run(0)  # compile
     times, result = [], None
@@ -58,8 +58,8 @@ def time_jax(problem, ell, queries, replications, repeats):
         times.append(time.perf_counter() - t)
     sec = float(np.median(times))
     mean = float(np.sum(result.sum_system_time) / np.sum(result.counts))
-    return dict(queries=queries * replications, seconds=sec, seconds_all=times,
-                queries_per_s=queries * replications / sec, mean_system_time=mean)
+    return {"queries": queries * replications, "seconds": sec, "seconds_all": times,
+                "queries_per_s": queries * replications / sec, "mean_system_time": mean}
 
 
 def run_ciw(lam, t, prob, queries, seed):
@@ -116,8 +116,8 @@ def time_python(fn, lam, t, prob, queries, repeats):
         secs.append(sec)
         means.append(mean)
     sec = float(np.median(secs))
-    return dict(queries=n, seconds=sec, seconds_all=secs, queries_per_s=n / sec,
-                mean_system_time=float(np.mean(means)), mean_system_time_runs=means)
+    return {"queries": n, "seconds": sec, "seconds_all": secs, "queries_per_s": n / sec,
+                "mean_system_time": float(np.mean(means)), "mean_system_time_runs": means}
 
 
 def main(argv=None):
@@ -142,11 +142,11 @@ def main(argv=None):
     m1, m2 = jaxalloc.moments(problem, jax.numpy.asarray(ell, float))
     pk = float(jaxalloc.mean_system_time(lam, m1, m2))
     dev = jax.devices()[0]
-    out = dict(machine=dict(jax=jax.__version__, jaxlib=jaxlib.__version__, device=f"{dev.platform}:{dev.device_kind}",
-                            cpu_count=os.cpu_count(), python=platform.python_version()),
-               problem=dict(profile="paper", budgets=ell.tolist(), arrival_rate=lam, service_times=t.tolist(),
-                            prob=prob.tolist(), utilization=float(lam * m1), theory_mean_system_time=pk),
-               tools={})
+    out = {"machine": {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "device": f"{dev.platform}:{dev.device_kind}",
+                            "cpu_count": os.cpu_count(), "python": platform.python_version()},
+               "problem": {"profile": "paper", "budgets": ell.tolist(), "arrival_rate": lam, "service_times": t.tolist(),
+                            "prob": prob.tolist(), "utilization": float(lam * m1), "theory_mean_system_time": pk},
+               "tools": {}}
     print(f"jax {jax.__version__} on {out['machine']['device']}, {os.cpu_count()} CPUs; paper profile, budgets "
           f"{ell.tolist()}, λ = {lam:g}/s, ρ = {float(lam * m1):.3f}, P-K E[T] = {pk:.4f} s", flush=True)
 

@@ -38,7 +38,7 @@ import os
 # (measured: ~180 ms vs ~1 ms per solve), which would flatter the ratio ~100×.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # One XLA host device per core, so that solve_many splits the grid over all cores.
-from jaxalloc.cli import use_every_core  # noqa: E402  (sets XLA_FLAGS; JAX has started no backend yet)
+from jaxalloc.cli import use_every_core
 
 use_every_core()
 
@@ -53,16 +53,16 @@ import sys
 import time
 from pathlib import Path
 
+import jaxlib
 import numpy as np
 import scipy
 from scipy.optimize import minimize
 
 import jaxalloc
-import jaxlib
 from jaxalloc.solvers import METHODS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reference import J, params  # noqa: E402  (the one NumPy copy of the objective)
+from reference import J, params
 
 LAM_RANGE, ALPHA_RANGE = (0.005, 0.4), (1.0, 1000.0)
 TARGET_RATE, TARGET_RATIO = 2e6, 2000.0
@@ -77,7 +77,7 @@ def grid_axes(points: int):
 
 def time_solver(problem, method, lam, alpha, repeats):
     """Median wall time of solve_many over `repeats` calls, compile excluded."""
-    easy = dict(arrival_rate=np.full_like(lam, 0.1), alpha=np.full_like(alpha, 30.0))  # paper point
+    easy = {"arrival_rate": np.full_like(lam, 0.1), "alpha": np.full_like(alpha, 30.0)}  # paper point
     jax.block_until_ready(jaxalloc.solve_many(problem, method, **easy))  # compile, same shapes
     times = []
     for _ in range(repeats):
@@ -92,24 +92,24 @@ def summarise(sol, reference, seconds):
     conv = status == 0
     its = np.asarray(sol.iterations)
     kkt = np.asarray(sol.kkt_residual)[conv]
-    return dict(
-        points=int(status.size), seconds=seconds, points_per_s=status.size / seconds,
-        converged_share=float(conv.mean()), status_counts={jaxalloc.Status(int(s)).label: int((status == s).sum()) for s in np.unique(status)},
-        worst_kkt=float(kkt.max()) if kkt.size else None,
-        median_iterations=float(np.median(its)), max_iterations=int(its.max()),
-        max_token_diff_vs_newton=float(np.nanmax(np.abs(budgets - reference))),
-        max_token_diff_vs_newton_converged=float(np.nanmax(np.abs(budgets - reference)[conv])) if conv.any() else None,
-    )
+    return {
+        "points": int(status.size), "seconds": seconds, "points_per_s": status.size / seconds,
+        "converged_share": float(conv.mean()), "status_counts": {jaxalloc.Status(int(s)).label: int((status == s).sum()) for s in np.unique(status)},
+        "worst_kkt": float(kkt.max()) if kkt.size else None,
+        "median_iterations": float(np.median(its)), "max_iterations": int(its.max()),
+        "max_token_diff_vs_newton": float(np.nanmax(np.abs(budgets - reference))),
+        "max_token_diff_vs_newton_converged": float(np.nanmax(np.abs(budgets - reference)[conv])) if conv.any() else None,
+    }
 
 
 def scipy_baseline(problem, lam, alpha, tight):
     """L-BFGS-B from ℓ = 0 on the reference J, one point at a time."""
-    opts = dict(ftol=1e-15, gtol=1e-12, maxiter=20000, maxls=100) if tight else {}
+    opts = {"ftol": 1e-15, "gtol": 1e-12, "maxiter": 20000, "maxls": 100} if tight else {}
     times, ells, ok, nit = [], [], [], []
     for la, al in zip(lam, alpha):
         p = params(problem.replace(arrival_rate=la, alpha=al))
 
-        def f(ell):
+        def f(ell, p=p):
             val, grad = J(p, ell)
             return (1e300, np.zeros_like(ell)) if not np.isfinite(val) else (-val, -grad)
 
@@ -121,9 +121,9 @@ def scipy_baseline(problem, lam, alpha, tight):
         ok.append(bool(res.success))
         nit.append(res.nit)
     times = np.array(times)
-    return dict(points=len(times), points_per_s=1 / np.median(times), points_per_s_total=len(times) / times.sum(),
-                success_share=float(np.mean(ok)), median_iterations=float(np.median(nit)),
-                max_iterations=int(np.max(nit))), np.array(ells)
+    return {"points": len(times), "points_per_s": 1 / np.median(times), "points_per_s_total": len(times) / times.sum(),
+                "success_share": float(np.mean(ok)), "median_iterations": float(np.median(nit)),
+                "max_iterations": int(np.max(nit))}, np.array(ells)
 
 
 def main(argv=None):
@@ -144,12 +144,12 @@ def main(argv=None):
     lam_ax, alpha_ax = grid_axes(points)
     LAM, ALPHA = (x.reshape(-1) for x in np.meshgrid(lam_ax, alpha_ax, indexing="ij"))
     dev = jax.devices()[0]
-    out = dict(machine=dict(jax=jax.__version__, jaxlib=jaxlib.__version__,
-                            scipy=scipy.__version__, device=f"{dev.platform}:{dev.device_kind}",
-                            cpu_count=os.cpu_count(), python=platform.python_version(), dtype=str(problem.A.dtype)),
-               grid=dict(points=int(LAM.size), n_lambda=len(lam_ax), n_alpha=len(alpha_ax),
-                         lambda_range=LAM_RANGE, alpha_range=ALPHA_RANGE, num_tasks=problem.num_tasks),
-               solvers={})
+    out = {"machine": {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
+                            "scipy": scipy.__version__, "device": f"{dev.platform}:{dev.device_kind}",
+                            "cpu_count": os.cpu_count(), "python": platform.python_version(), "dtype": str(problem.A.dtype)},
+               "grid": {"points": int(LAM.size), "n_lambda": len(lam_ax), "n_alpha": len(alpha_ax),
+                         "lambda_range": LAM_RANGE, "alpha_range": ALPHA_RANGE, "num_tasks": problem.num_tasks},
+               "solvers": {}}
     print(f"jax {jax.__version__} on {out['machine']['device']}, {os.cpu_count()} CPUs, {problem.A.dtype}, "
           f"N = {problem.num_tasks}; grid {len(lam_ax)} λ × {len(alpha_ax)} α = {LAM.size:,} points", flush=True)
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see bench_solvers.py
-from jaxalloc.cli import use_every_core  # noqa: E402  (sets XLA_FLAGS; JAX has started no backend yet)
+from jaxalloc.cli import use_every_core
 
 use_every_core()
 
@@ -52,7 +52,7 @@ import jaxalloc
 from jaxalloc.sweep import sweep
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_solvers import scipy_baseline  # noqa: E402  (the same scipy loop as the solver benchmark)
+from bench_solvers import scipy_baseline
 
 LAM, ALPHA = (0.005, 0.4), (1.0, 1000.0)
 
@@ -97,11 +97,11 @@ def timed_sweep(problem, axes, repeats, dtype=None, block=None):
 def summarise(res, table, seconds):
     status = np.asarray(table["status"].to_pylist())
     conv = status == "converged"
-    return dict(points=int(table.num_rows), seconds=seconds, points_per_s=table.num_rows / seconds,
-                converged_share=float(conv.mean()), worst_kkt=float(table["kkt_residual"].to_numpy()[conv].max()),
-                median_iterations=float(np.median(table["iterations"].to_numpy())),
-                max_iterations=int(table["iterations"].to_numpy().max()), blocks=res.plan.num_blocks,
-                block=res.plan.block)
+    return {"points": int(table.num_rows), "seconds": seconds, "points_per_s": table.num_rows / seconds,
+                "converged_share": float(conv.mean()), "worst_kkt": float(table["kkt_residual"].to_numpy()[conv].max()),
+                "median_iterations": float(np.median(table["iterations"].to_numpy())),
+                "max_iterations": int(table["iterations"].to_numpy().max()), "blocks": res.plan.num_blocks,
+                "block": res.plan.block}
 
 
 MEMORY_CHILD = """
@@ -131,9 +131,9 @@ def main(argv=None):
     mem_points = a.memory_points or (100_000 if a.quick else 10_000_000)
     n_scipy = a.scipy_sample or (20 if a.quick else 200)
     dev = jax.devices()[0]
-    out = dict(machine=dict(jax=jax.__version__, device=f"{dev.platform}:{dev.device_kind}",
-                            devices=jax.local_device_count(), cpu_count=os.cpu_count(),
-                            python=platform.python_version()), runs={})
+    out = {"machine": {"jax": jax.__version__, "device": f"{dev.platform}:{dev.device_kind}",
+                            "devices": jax.local_device_count(), "cpu_count": os.cpu_count(),
+                            "python": platform.python_version()}, "runs": {}}
     print(f"jax {jax.__version__} on {out['machine']['device']} × {jax.local_device_count()}, {os.cpu_count()} CPUs",
           flush=True)
 
@@ -156,13 +156,13 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         child = MEMORY_CHILD % (os.cpu_count(), grid(mem_points))
         proc = subprocess.run([sys.executable, "-c", child, str(Path(tmp) / "big.parquet")],
-                              capture_output=True, text=True, timeout=3600)
+                              check=False, capture_output=True, text=True, timeout=3600)
         if proc.returncode != 0:
             raise SystemExit(proc.stderr)
         seconds, size, rss_kb = proc.stdout.split()
         size_mb = (Path(tmp) / "big.parquet").stat().st_size / 1e6
-    out["memory"] = dict(points=int(size), seconds=float(seconds), peak_rss_gib=int(rss_kb) / 2**20,
-                         parquet_mb=size_mb, points_per_s_including_compile=int(size) / float(seconds))
+    out["memory"] = {"points": int(size), "seconds": float(seconds), "peak_rss_gib": int(rss_kb) / 2**20,
+                         "parquet_mb": size_mb, "points_per_s_including_compile": int(size) / float(seconds)}
     print(f"  memory run    {float(seconds):8.3f} s for {int(size):,} points, peak RSS "
           f"{out['memory']['peak_rss_gib']:.2f} GiB, file {size_mb:.0f} MB", flush=True)
 

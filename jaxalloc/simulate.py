@@ -64,8 +64,8 @@ from jax import lax
 from jax.scipy.special import ndtri
 
 from .model import Problem
-from .report import json_number
 from .objective import mean_system_time, mean_wait, moments, service_times, task_accuracy, utilization
+from .report import json_number
 
 DEFAULT_CHUNK = 512
 RNG_BLOCK = 256  # queries per random-number block; `chunk` must be a multiple
@@ -309,10 +309,10 @@ def _run(problem, budgets, queries, replications, seed, warmup, service_cv, chun
     chunk = min(chunk, -(-queries // RNG_BLOCK) * RNG_BLOCK)  # a multiple of RNG_BLOCK
     nchunks = -(-queries // chunk)
     store = replications * nchunks * chunk * max(points, 1) <= store_limit
-    static = dict(
-        replications=replications, queries=queries, warmup=warmup, chunk=chunk, nchunks=nchunks,
-        jitter="exponential" if exponential else ("lognormal" if service_cv > 0 else ""), store=store, bins=bins,
-    )
+    static = {
+        "replications": replications, "queries": queries, "warmup": warmup, "chunk": chunk, "nchunks": nchunks,
+        "jitter": "exponential" if exponential else ("lognormal" if service_cv > 0 else ""), "store": store, "bins": bins,
+    }
     dtype = problem.A.dtype
     budgets = jnp.asarray(budgets, dtype)
     key = jax.random.key(seed)
@@ -573,11 +573,11 @@ def format_simulation_report(report: dict[str, Any], title: str = "") -> str:
     lines += [
         f"mean system time      {f(report['mean_system_time'])} s, 95% CI {ci(report['mean_system_time_ci95'])}",
         f"Pollaczek–Khinchine   {f(report['theory_mean_system_time'])} s",
-        f"mean wait             {f(report['mean_wait'])} s, 95% CI {ci(report['mean_wait_ci95'])}"
-        f" (theory {f(report['theory_mean_wait'])})",
+        (f"mean wait             {f(report['mean_wait'])} s, 95% CI {ci(report['mean_wait_ci95'])}"
+         f" (theory {f(report['theory_mean_wait'])})"),
         f"p50 / p95 / p99       {f(report['p50'])} / {f(report['p95'])} / {f(report['p99'])} s",
-        f"accuracy              {f(report['accuracy'])}, 95% CI {ci(report['accuracy_ci95'])}"
-        f" (theory {report['theory_accuracy']:.4f})",
+        (f"accuracy              {f(report['accuracy'])}, 95% CI {ci(report['accuracy_ci95'])}"
+         f" (theory {report['theory_accuracy']:.4f})"),
         f"utilization           {f(report['utilization'])} (theory {report['theory_utilization']:.4f})",
     ]
     if not report["stable"]:

@@ -5,19 +5,19 @@ Nothing here imports jaxalloc's objective or solvers; tests compare the two.
 
 from __future__ import annotations
 
-import numpy as np
 import warnings
 
+import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, minimize
 
 
 def params(problem):
     """Plain float64 arrays from a jaxalloc Problem."""
     g = lambda f: np.asarray(getattr(problem, f), dtype=np.float64)
-    return dict(
-        lam=float(problem.arrival_rate), alpha=float(problem.alpha), lmax=float(problem.max_tokens),
-        pi=g("prob"), A=g("A"), b=g("b"), D=g("D"), t0=g("t0"), c=g("c"),
-    )
+    return {
+        "lam": float(problem.arrival_rate), "alpha": float(problem.alpha), "lmax": float(problem.max_tokens),
+        "pi": g("prob"), "A": g("A"), "b": g("b"), "D": g("D"), "t0": g("t0"), "c": g("c"),
+    }
 
 
 def J(p, ell):
@@ -83,9 +83,9 @@ def scipy_solve(problem, tight=True):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             first = minimize(f, x0, jac=True, hess=hess, method="trust-constr", bounds=Bounds(0, upper),
-                             constraints=[stability], options=dict(gtol=1e-9, xtol=1e-12, maxiter=5000))
+                             constraints=[stability], options={"gtol": 1e-9, "xtol": 1e-12, "maxiter": 5000})
         x0 = np.clip(first.x, 0, upper)
-        opts = dict(ftol=1e-15, gtol=1e-13, maxiter=20000, maxls=100, maxcor=30)
+        opts = {"ftol": 1e-15, "gtol": 1e-13, "maxiter": 20000, "maxls": 100, "maxcor": 30}
     else:
         opts = {}
     res = minimize(f, x0, jac=True, method="L-BFGS-B", bounds=[(0, u) for u in upper], options=opts)

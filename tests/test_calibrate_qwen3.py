@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,12 +10,13 @@ import pytest
 pytest.importorskip("flax")
 pytest.importorskip("transformers")
 
-import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
+import jax.numpy as jnp
+from flax import nnx
+from tiny_qwen3 import make_checkpoint
 
-from jaxalloc.calibrate.chat import decode, load_tokenizer, prompt_ids, thinking_format  # noqa: E402
-from jaxalloc.calibrate.generate import Engine, generate  # noqa: E402
-from jaxalloc.calibrate.qwen3 import (  # noqa: E402
+from jaxalloc.calibrate.chat import decode, load_tokenizer, prompt_ids, thinking_format
+from jaxalloc.calibrate.generate import Engine, generate
+from jaxalloc.calibrate.qwen3 import (
     QWEN3_8B,
     KVCache,
     ModelError,
@@ -22,7 +24,6 @@ from jaxalloc.calibrate.qwen3 import (  # noqa: E402
     config_from_hf,
     load_qwen3,
 )
-from tiny_qwen3 import make_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -202,10 +203,10 @@ def test_config_and_errors(tmp_path, checkpoint):
     with pytest.raises(ModelError, match="model_type = 'llama'"):
         config_from_hf({"model_type": "llama"})
     with pytest.raises(ModelError, match="rope_type = 'yarn'"):
-        config_from_hf(dict(json.load(open(os.path.join(checkpoint, "config.json"))),
-                            rope_parameters={"rope_type": "yarn", "rope_theta": 1e6}))
+        config = json.loads(Path(checkpoint, "config.json").read_text())
+        config_from_hf(dict(config, rope_parameters={"rope_type": "yarn", "rope_theta": 1e6}))
     with pytest.raises(ModelError, match="no config.json"):
         load_qwen3(str(tmp_path))
-    (tmp_path / "config.json").write_text(open(os.path.join(checkpoint, "config.json")).read())
+    (tmp_path / "config.json").write_text(Path(checkpoint, "config.json").read_text())
     with pytest.raises(ModelError, match="no \\*.safetensors"):
         load_qwen3(str(tmp_path))

@@ -35,11 +35,11 @@ CORPUS = [
     "0123456789 + - * / = ( ) [ ] { } , . ; : ' \" \\ $ # _",
 ]
 
-CONFIG = dict(
-    vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6, max_position_embeddings=4096,
-    tie_word_embeddings=False, attention_bias=False,
-)
+CONFIG = {
+    "vocab_size": 320, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 16, "rms_norm_eps": 1e-6, "max_position_embeddings": 4096,
+    "tie_word_embeddings": False, "attention_bias": False,
+}
 
 
 def make_tokenizer(folder: str):
@@ -98,8 +98,8 @@ def _write_numpy_checkpoint(folder: str, config: dict, seed: int) -> None:
     rng = np.random.default_rng(seed)
     h, m, v, d = config["hidden_size"], config["intermediate_size"], config["vocab_size"], config["head_dim"]
     q, kv = config["num_attention_heads"] * d, config["num_key_value_heads"] * d
-    w = lambda *s: rng.normal(0.0, 0.2, s).astype(np.float32)  # noqa: E731
-    n = lambda s: rng.uniform(0.5, 1.5, s).astype(np.float32)  # noqa: E731
+    w = lambda *s: rng.normal(0.0, 0.2, s).astype(np.float32)
+    n = lambda s: rng.uniform(0.5, 1.5, s).astype(np.float32)
     t = {"model.embed_tokens.weight": w(v, h), "model.norm.weight": n(h)}
     if not config["tie_word_embeddings"]:
         t["lm_head.weight"] = w(v, h)
