@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,10 +17,13 @@ pytest.importorskip("transformers")
 
 from jaxalloc.calibrate.benchmarks import load_task  # noqa: E402
 from jaxalloc.calibrate.chat import load_tokenizer, prompt_ids, thinking_format  # noqa: E402
+from jaxalloc.calibrate.data import parquet_metadata  # noqa: E402
 from jaxalloc.calibrate.generate import Engine, Generation, LocalBackend, generate  # noqa: E402
-from jaxalloc.calibrate.measure import measure, parse_budgets, parse_task  # noqa: E402
+from jaxalloc.calibrate.measure import measure, parse_budgets, parse_task, run_settings  # noqa: E402
 from jaxalloc.calibrate.openai_backend import OpenAIBackend, ServerError  # noqa: E402
 from jaxalloc.calibrate.qwen3 import load_qwen3  # noqa: E402
+from jaxalloc.calibrate.settings import METADATA_KEY, ResumeError  # noqa: E402
+from jaxalloc.errors import Interrupted  # noqa: E402
 from openai_server import CompletionServer  # noqa: E402
 from tiny_qwen3 import make_checkpoint  # noqa: E402
 
@@ -126,6 +130,186 @@ def test_grading_and_resume_after_interrupt_and_torn_line(setup, tmp_path):
     fresh = ScriptedBackend(tok, answers)
     measure(fresh, tok, fmt, setup["tasks"], budgets, str(tmp_path / "fresh.csv"), repeats=2, progress=False)
     assert set(backend.calls) < set(fresh.calls)
+
+
+ANSWERS = {"1200 apples": "So \\boxed{1,234}.", "pens": "\\boxed{13}", "5 + 6": "It is 11",
+           "mammal": "The answer is (B).", "metal": "\\boxed{B}"}
+
+
+class ServedBackend(ScriptedBackend):
+    """A scripted backend that names its served model, as OpenAIBackend does."""
+
+    name = "openai"
+
+    def __init__(self, tokenizer, answers, model, stop_after=None):
+        super().__init__(tokenizer, answers, stop_after)
+        self.model = model
+
+
+def _run(setup, out, backend=None, budgets=(0, 4, 16), **options):
+    tok = setup["tokenizer"]
+    backend = backend if backend is not None else ScriptedBackend(tok, ANSWERS)
+    options = {"repeats": 1, "progress": False, **options}
+    return measure(backend, tok, setup["fmt"], setup["tasks"], list(budgets), out, **options)
+
+
+def test_resume_with_other_settings_is_refused_and_force_new_starts_afresh(setup, tmp_path, capsys):
+    out = str(tmp_path / "m.csv")
+    first = _run(setup, out, seed=0, temperature=0.0, answer_tokens=8, settings={"model": "/models/a"})
+    assert first.written == 12
+    stored = json.loads((tmp_path / "m.csv.settings.json").read_text())
+    assert stored == {"format": 1, "settings": {"answer_tokens": 8, "backend": "scripted", "model": "/models/a",
+                                                "seed": 0, "temperature": 0.0}}
+    before = Path(out).read_text()
+    for change, named in [
+        ({"seed": 1}, ["seed: 0 → 1"]),
+        ({"temperature": 0.7, "answer_tokens": 16}, ["answer_tokens: 8 → 16", "temperature: 0.0 → 0.7"]),
+        ({"settings": {"model": "/models/b"}}, ['model: "/models/a" → "/models/b"']),
+        ({"settings": {}}, ['model: "/models/a" → (not set)']),
+    ]:
+        options = {"seed": 0, "temperature": 0.0, "answer_tokens": 8, "settings": {"model": "/models/a"}, **change}
+        backend = ScriptedBackend(setup["tokenizer"], ANSWERS)
+        with pytest.raises(ResumeError) as err:
+            _run(setup, out, backend, **options)
+        message = str(err.value)
+        assert all(n in message for n in named) and "--force-new" in message and "12 answers" in message, message
+        assert len(message.splitlines()) == 1 and isinstance(err.value, ValueError)
+        assert backend.calls == [] and Path(out).read_text() == before  # refused before any query, nothing written
+    # the same settings with one more budget: resumed, only the new budget is measured
+    again = _run(setup, out, budgets=(0, 4, 16, 32), seed=0, temperature=0.0, answer_tokens=8,
+                 settings={"model": "/models/a"})
+    assert (again.skipped, again.written, len(_rows(out))) == (12, 4, 16)
+    # --force-new: the old rows and settings are discarded, and stderr says so
+    capsys.readouterr()
+    fresh = _run(setup, out, seed=1, temperature=0.0, answer_tokens=8, settings={"model": "/models/a"}, force_new=True)
+    err = capsys.readouterr().err
+    assert "--force-new: discarded" in err and out in err and "16 answers" in err
+    assert (fresh.skipped, fresh.written, len(_rows(out))) == (0, 12, 12)
+    assert json.loads((tmp_path / "m.csv.settings.json").read_text())["settings"]["seed"] == 1
+
+
+def test_served_model_is_part_of_the_fingerprint(setup, tmp_path):
+    out = str(tmp_path / "served.csv")
+    tok = setup["tokenizer"]
+    _run(setup, out, ServedBackend(tok, ANSWERS, "qwen3-8b"))
+    assert run_settings(ServedBackend(tok, ANSWERS, "qwen3-8b"), answer_tokens=512, temperature=0.0,
+                        seed=0)["served_model"] == "qwen3-8b"
+    with pytest.raises(ResumeError, match='served_model: "qwen3-8b" → "qwen3-32b"'):
+        _run(setup, out, ServedBackend(tok, ANSWERS, "qwen3-32b"))
+    with pytest.raises(ResumeError, match='backend: "openai" → "scripted"'):
+        _run(setup, out)
+
+
+def test_file_without_settings_is_refused_and_stale_settings_are_replaced(setup, tmp_path, capsys):
+    out = tmp_path / "old.csv"
+    _run(setup, str(out))
+    (tmp_path / "old.csv.settings.json").unlink()  # as written by a jaxalloc without fingerprints
+    backend = ScriptedBackend(setup["tokenizer"], ANSWERS)
+    with pytest.raises(ResumeError, match="12 answers but no record of their settings") as err:
+        _run(setup, str(out), backend)
+    assert "old.csv.settings.json" in str(err.value) and "--force-new" in str(err.value) and backend.calls == []
+    assert _run(setup, str(out), force_new=True).written == 12
+    assert "--force-new: discarded" in capsys.readouterr().err
+    # settings with no rows behind them (a run stopped before its first answer) describe nothing: replaced
+    out.unlink()
+    assert _run(setup, str(out), seed=5).written == 12
+    assert json.loads((tmp_path / "old.csv.settings.json").read_text())["settings"]["seed"] == 5
+
+
+def test_parquet_keeps_its_settings_inside(setup, tmp_path):
+    pytest.importorskip("pyarrow")
+    out = tmp_path / "m.parquet"
+    _run(setup, str(out), budgets=(0, 4), seed=3)
+    inside = json.loads(parquet_metadata(out)[METADATA_KEY])
+    assert inside == json.loads((tmp_path / "m.parquet.settings.json").read_text())
+    assert inside["settings"]["seed"] == 3
+    (tmp_path / "m.parquet.settings.json").unlink()  # the file alone still knows its settings
+    with pytest.raises(ResumeError, match="seed: 3 → 4"):
+        _run(setup, str(out), budgets=(0, 4), seed=4)
+    report = _run(setup, str(out), budgets=(0, 4, 16), seed=3)  # appending keeps the metadata
+    assert (report.skipped, report.written) == (8, 4)
+    assert json.loads(parquet_metadata(out)[METADATA_KEY]) == inside
+
+
+def test_ctrl_c_says_how_many_answers_are_kept(setup, tmp_path):
+    out = str(tmp_path / "m.csv")
+    tok = setup["tokenizer"]
+    with pytest.raises(Interrupted) as err:
+        _run(setup, out, ScriptedBackend(tok, ANSWERS, stop_after=5), repeats=2)
+    assert str(err.value) == f"5 of 24 answers kept in {out}; run the same command to resume"
+    assert len(_rows(out)) == 5
+    with pytest.raises(Interrupted) as err:  # a second stop counts what the first one kept
+        _run(setup, out, ScriptedBackend(tok, ANSWERS, stop_after=3), repeats=2)
+    assert str(err.value).startswith("8 of 24 answers kept") and len(_rows(out)) == 8
+
+
+def _cli_argv(setup, out, *extra):
+    return ["calibrate", "measure", "--model", setup["folder"], "--task", f"gsm8k={setup['data']['gsm8k']}",
+            "--task", f"arc={setup['data']['arc']}", "--samples", "2", "--budgets", "0,4,16", "--repeats", "1",
+            "--out", out, "--no-progress", *extra]
+
+
+class ScriptedModels:
+    """Stands in for measure_cli._backend: makes a ScriptedBackend (stopping after `stop_after`) per run."""
+
+    def __init__(self):
+        self.made, self.stop_after = [], None
+
+    def __call__(self, args, fmt, tokenizer):
+        backend = ScriptedBackend(tokenizer, ANSWERS, stop_after=self.stop_after)
+        backend.name = args.backend  # as the real backends are named
+        self.made.append(backend)
+        return backend
+
+
+@pytest.fixture
+def scripted_cli(monkeypatch):
+    """`jaxalloc calibrate measure` with the model replaced by scripted answers."""
+    from jaxalloc.calibrate import measure_cli
+
+    models = ScriptedModels()
+    monkeypatch.setattr(measure_cli, "_backend", models)
+    return models
+
+
+def test_cli_refuses_other_settings_before_loading_the_model(setup, tmp_path, capsys, scripted_cli):
+    from jaxalloc.cli import main
+
+    made = scripted_cli.made
+    out = str(tmp_path / "cli.csv")
+    assert main(_cli_argv(setup, out, "--seed", "0", "--temperature", "0")) == 0
+    stored = json.loads((tmp_path / "cli.csv.settings.json").read_text())["settings"]
+    assert stored["model"] == os.path.realpath(setup["folder"]) and stored["dtype"] == "auto"
+    assert len(made) == 1 and len(_rows(out)) == 12
+    before = Path(out).read_text()
+    capsys.readouterr()
+    assert main(_cli_argv(setup, out, "--seed", "1", "--temperature", "0.5", "--dtype", "float32")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "--force-new" in err[0], err
+    for named in ('dtype: "auto" → "float32"', "seed: 0 → 1", "temperature: 0.0 → 0.5"):
+        assert named in err[0], err
+    assert len(made) == 1 and Path(out).read_text() == before  # no model loaded, nothing written
+    assert main(_cli_argv(setup, out, "--seed", "1", "--force-new")) == 0
+    captured = capsys.readouterr()
+    assert "--force-new: discarded" in captured.err and "12 rows written" in captured.out
+    assert len(_rows(out)) == 12 and len(made) == 2
+    os.remove(tmp_path / "cli.csv.settings.json")
+    assert main(_cli_argv(setup, out, "--seed", "1")) == 2
+    assert "no record of their settings" in capsys.readouterr().err
+
+
+def test_cli_ctrl_c_keeps_the_answers_and_exits_130(setup, tmp_path, capsys, scripted_cli):
+    from jaxalloc.cli import main
+
+    out = str(tmp_path / "cli.csv")
+    scripted_cli.stop_after = 3
+    assert main(_cli_argv(setup, out)) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"interrupted: 3 of 12 answers kept in {out}; run the same command to resume"
+    assert len(_rows(out)) == 3
+    scripted_cli.stop_after = None
+    assert main(_cli_argv(setup, out)) == 0  # the same command resumes
+    assert "9 rows written to" in capsys.readouterr().out and len(_rows(out)) == 12
 
 
 KILL_SCRIPT = textwrap.dedent("""

@@ -13,7 +13,8 @@ imported here): :mod:`~jaxalloc.calibrate.qwen3` (Flax NNX Qwen3, safetensors lo
 :mod:`~jaxalloc.calibrate.generate` (KV cache, jitted prefill/decode, budget forcing),
 :mod:`~jaxalloc.calibrate.openai_backend` (a vLLM/SGLang server),
 :mod:`~jaxalloc.calibrate.benchmarks` (loaders and graders),
-:mod:`~jaxalloc.calibrate.measure` (the resumable measuring run).
+:mod:`~jaxalloc.calibrate.measure` (the resumable measuring run),
+:mod:`~jaxalloc.calibrate.settings` (the settings a measurement file was measured with).
 """
 
 from .data import (

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import functools
 import glob
 import json
 import os
@@ -232,18 +233,24 @@ def load_cruxeval(path: str, seed: int = 0) -> list[Item]:
 # ----------------------------------------------------------------------------- answer extraction
 
 
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{…}`` (or ``\\fbox{…}``), braces balanced; None if none."""
-    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
-    if start < 0:
-        return None
+_BOX = re.compile(r"\\(?:boxed|fbox)\{")
+
+
+def _box_content(text: str, start: int) -> str | None:
+    """Content of the box whose ``\\boxed{`` starts at `start`, braces balanced; None if unclosed."""
     i = text.index("{", start)
     depth = 0
     for j in range(i, len(text)):
         depth += {"{": 1, "}": -1}.get(text[j], 0)
         if depth == 0:
             return text[i + 1: j].strip()
-    return None  # unclosed
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{…}`` (or ``\\fbox{…}``), braces balanced; None if none (or unclosed)."""
+    starts = [m.start() for m in _BOX.finditer(text)]
+    return _box_content(text, starts[-1]) if starts else None
 
 
 _NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?|-?\.\d+")
@@ -262,14 +269,23 @@ def parse_number(text: str) -> Fraction | None:
     return Fraction(numbers[-1].replace(",", ""))
 
 
+# "The answer is 18", "Answer: $18", "the final answer is: **-3.5**"; not "the answer is 5 + 3 = 8"
+_SAID_NUMBER = re.compile(rf"(?i:\banswer\b)(?:\s+is\b\s*:?|\s*[:=])[\s*$\\(]*({_NUMBER.pattern})"
+                          r"(?!\s*[-+*/×÷=^\d]|[.,]\d)")  # the whole number, not an operand
+
+
 def extract_number(text: str) -> str | None:
-    """The final numeric answer: the last ``\\boxed{}``, else ``#### x``, else the last number."""
+    """The final numeric answer: the last ``\\boxed{}``, else ``#### x``, else the number after
+    the last "the answer is"/"Answer:", else the last number (None when there is none)."""
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed
     hashes = re.findall(r"####\s*([^\n]+)", text)
     if hashes:
         return hashes[-1].strip()
+    said = _SAID_NUMBER.findall(text)
+    if said:
+        return said[-1]
     numbers = _NUMBER.findall(re.sub(r"(?<=\d),(?=\d{3}\b)", "", text))
     return numbers[-1] if numbers else None
 
@@ -283,30 +299,80 @@ def grade_number(text: str, item: Item) -> Grade:
     return Grade(value is not None and reference is not None and value == reference, extracted)
 
 
+_DECOR = r"[\s*_`'\"$]*"  # markdown emphasis, quotes, dollars between a marker and its label
+_COPULA = r"(?:is|was|would\s+be|should\s+be|must\s+be|will\s+be)"
+
+
+@functools.lru_cache(maxsize=256)
+def _choice_patterns(labels: tuple[str, ...]) -> tuple[re.Pattern, re.Pattern, re.Pattern, re.Pattern]:
+    """The regular expressions of :func:`extract_choice` for one set of option labels.
+
+    A label is written in brackets, ``(C)``/``[C]`` (any case), or bare as the label is
+    written, ``C`` (not followed by a letter or digit), or bare in another case only
+    when it ends its line, ``c.``: so the article "a" and the word "b" never count.
+    Returns (said, marked, alone, boxed): an explicit answer phrase; a weaker phrase
+    ("C is correct", "I'll go with C"); a whole line that is just a label; a box's content.
+    """
+    alt = "|".join(re.escape(label) for label in sorted(labels, key=len, reverse=True))
+    form = (rf"(?:[(\[]\s*((?i:{alt}))\s*[)\]]"
+            rf"|({alt})(?![A-Za-z0-9])"
+            rf"|((?i:{alt}))(?=[.!*)]*[ \t]*(?:\n|$)))")
+    said = re.compile(rf"(?i:\b(?:answer|option|choice)\s*(?:{_COPULA}\s*:?|[:=])){_DECOR}"
+                      rf"(?i:(?:option|choice|letter)\s+)?{_DECOR}{form}")
+    marked = re.compile(rf"(?i:\b(?:go(?:ing)?\s+with|choose|pick|select)\s+(?:option\s+|choice\s+)?){form}"
+                        rf"|(?<![A-Za-z0-9]){form}"
+                        rf"\s+(?i:is\s+(?:the\s+)?(?:correct|right|best)\b)")
+    alone = re.compile(rf"{form}[.)]?")
+    boxed = re.compile(rf"{form}(?:\s*[.:)\-]\s*.*)?", re.DOTALL)
+    return said, marked, alone, boxed
+
+
+def _label(m: re.Match) -> str:
+    """The label a match of :func:`_choice_patterns` found (the one group of its label forms that matched)."""
+    return next(g for g in m.groups() if g is not None)
+
+
+def _unwrap(s: str) -> str:
+    """`s` without LaTeX text wrappers and surrounding markdown/dollars."""
+    return re.sub(r"\\(?:text|textbf|mathrm|mathbf)\{([^}]*)\}", r"\1", s).strip().strip("*$ ").strip()
+
+
 def extract_choice(text: str, labels: tuple[str, ...]) -> str | None:
-    """The chosen option label: from ``\\boxed{C}``, ``Answer: C``, ``the answer is (C)``,
-    a reply that is just ``C``/``(C)``, or the last ``(C)``; None when no label is found."""
+    """The chosen option label, or None when the reply names none (graded wrong, never guessed).
+
+    In this order, each time the last one in the reply:
+
+    1. an explicit answer: ``\\boxed{C}`` (also ``\\boxed{(C)}``, ``\\boxed{\\text{C}}``,
+       ``\\boxed{C. text}``) or "answer/option/choice" with "is" or a colon before the label:
+       ``The answer is (C)``, ``Answer: C``, ``**Final answer:** C``, ``the correct option
+       is C``, ``the answer is c.``;
+    2. a weaker phrase: ``(C) is correct``, ``option C is the right one``, ``I'll go with C``;
+    3. a last line that is just a label: ``C``, ``(C)``, ``**C.**``;
+    4. the last label in parentheses, ``(C)``.
+
+    A bare label counts only as the label is written (capital letters) unless it ends its line,
+    so "Let me answer a few questions" and "I will answer b first" name no option.
+    """
     if not labels:
         return None
-    alt = "|".join(re.escape(label) for label in sorted(labels, key=len, reverse=True))
-    upper = {label.upper(): label for label in labels}
-
-    def label_of(s: str) -> str | None:
-        s = re.sub(r"\\text\{([^}]*)\}|\\textbf\{([^}]*)\}", r"\1\2", s).strip().strip("*$ ").strip()
-        m = re.fullmatch(rf"\(?({alt})\)?(?:[.:)]\s*.*)?", s, re.I | re.S)
-        return upper.get(m.group(1).upper()) if m else None
-
-    boxed = last_boxed(text)
-    if boxed is not None and label_of(boxed) is not None:
-        return label_of(boxed)
-    said = re.findall(rf"answer\s*(?:is|:)?\s*[:\-]?\s*\**\s*\(?({alt})\)?(?![A-Za-z0-9])", text, re.I)
-    if said:
-        return upper[said[-1].upper()]
+    said, marked, alone, boxed = _choice_patterns(tuple(labels))
+    canonical = {label.upper(): label for label in labels}
+    explicit = [(m.start(), _label(m)) for m in said.finditer(text)]
+    for start in (m.start() for m in _BOX.finditer(text)):
+        content = _box_content(text, start)
+        m = boxed.fullmatch(_unwrap(content)) if content is not None else None
+        if m:
+            explicit.append((start, _label(m)))
+    weaker = [(m.start(), _label(m)) for m in marked.finditer(text)]
+    for found in (explicit, weaker):
+        if found:
+            return canonical[max(found)[1].upper()]
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    if lines and label_of(lines[-1]) is not None and len(lines[-1].strip()) <= 4:
-        return label_of(lines[-1])
-    marked = re.findall(rf"\(({alt})\)", text)
-    return upper[marked[-1].upper()] if marked else None
+    m = alone.fullmatch(_unwrap(lines[-1])) if lines else None
+    if m:
+        return canonical[_label(m).upper()]
+    brackets = re.findall(rf"\(({'|'.join(re.escape(label) for label in labels)})\)", text)
+    return canonical[brackets[-1].upper()] if brackets else None
 
 
 def grade_choice(text: str, item: Item) -> Grade:

@@ -27,7 +27,9 @@ never accepted. :func:`read_measurements` checks every value and raises
 
 :func:`append_rows` is the writer a measuring tool uses: it validates whole batches
 before writing, writes CSV rows with one ``write`` and ``fsync``, and repairs a last line
-torn by a kill; :func:`measured_keys` lists what a file already holds so a run can resume.
+torn by a kill; :func:`measured_keys` lists what a file already holds so a run can resume
+(:func:`resume_keys`: after that repair). A Parquet file also carries schema metadata
+(:func:`parquet_metadata`), where ``calibrate measure`` keeps its settings.
 """
 
 from __future__ import annotations
@@ -353,7 +355,8 @@ def _repair_torn_line(path: Path) -> None:
         f.truncate(data.rfind(b"\n") + 1)
 
 
-def append_rows(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> int:
+def append_rows(path: str | Path, rows: Iterable[Mapping[str, Any]],
+                metadata: Mapping[str, str] | None = None) -> int:
     """Append per-item rows (items form) to a measurement file, creating it if needed.
 
     Every row is checked first (column names from :data:`MEASUREMENT_COLUMNS`, the
@@ -370,6 +373,9 @@ def append_rows(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> int:
     - `path`: ``.csv`` (recommended for measuring runs) or ``.parquet``.
     - `rows`: mappings column → value, e.g. ``{"task": "GSM8K", "budget": 256,
       "repeat": 0, "correct": True, "service_s": 3.91, "item": "gsm8k-17"}``.
+    - `metadata`: Parquet only (ignored for CSV): key → text stored in the file's
+      schema metadata, merged into what the file already has (which every append
+      keeps); read back with :func:`parquet_metadata`.
 
     **Returns:** the number of rows written.
     """
@@ -410,17 +416,18 @@ def append_rows(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> int:
             f.flush()
             os.fsync(f.fileno())
         return len(rows)
-    return _append_parquet(path, rows, present)
+    return _append_parquet(path, rows, present, metadata or {})
 
 
 _ARROW_TYPES = {"text": "string", "count": "int64", "bool": "bool_", "seconds": "float64"}
 
 
-def _append_parquet(path: Path, rows: list[dict], present: list[str]) -> int:
+def _append_parquet(path: Path, rows: list[dict], present: list[str], metadata: Mapping[str, str]) -> int:
     import pyarrow as pa
 
     pq = _pyarrow_parquet()
     old = None
+    kept: dict[bytes, bytes] = {}
     if path.is_file():
         old = pq.read_table(path)
         _form(old.column_names, str(path))
@@ -428,7 +435,9 @@ def _append_parquet(path: Path, rows: list[dict], present: list[str]) -> int:
         if extra:
             raise CalibrationError(f"{path}: column {extra[0]!r} is not in the file's columns ({', '.join(old.column_names)})")
         present = list(old.column_names)
-    schema = pa.schema([(c, getattr(pa, _ARROW_TYPES[_KINDS[c]])()) for c in present])
+        kept = dict(old.schema.metadata or {})
+    kept.update({str(k).encode(): str(v).encode() for k, v in metadata.items()})
+    schema = pa.schema([(c, getattr(pa, _ARROW_TYPES[_KINDS[c]])()) for c in present], metadata=kept or None)
     new = pa.table({c: [row.get(c) for row in rows] for c in present}, schema=schema)
     table = new if old is None else pa.concat_tables([old.cast(schema), new])
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -440,6 +449,21 @@ def _append_parquet(path: Path, rows: list[dict], present: list[str]) -> int:
         if os.path.exists(tmp):
             os.remove(tmp)
     return len(rows)
+
+
+def parquet_metadata(path: str | Path) -> dict[str, str]:
+    """The schema metadata (key → text) of a Parquet file; empty for a missing file or one without any."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    pq = _pyarrow_parquet()
+    import pyarrow as pa
+
+    try:
+        raw = pq.read_schema(path).metadata or {}
+    except (pa.ArrowException, OSError) as err:
+        raise CalibrationError(f"{path}: cannot read as Parquet: {' '.join(str(err).split())}") from None
+    return {k.decode(): v.decode() for k, v in raw.items()}
 
 
 def measured_keys(path: str | Path) -> set[tuple[str, int, int, str | None]]:
@@ -459,6 +483,15 @@ def measured_keys(path: str | Path) -> set[tuple[str, int, int, str | None]]:
         (t, int(b), int(r), None if i is None else str(i))
         for t, b, r, i in zip(m.data["task"], m.data["budget"], m.data["repeat"], items)
     }
+
+
+def resume_keys(path: str | Path) -> set[tuple[str, int, int, str | None]]:
+    """:func:`measured_keys` of a file a measuring run is about to append to, after dropping a
+    last CSV line torn by a kill (the row is measured again)."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        _repair_torn_line(path)
+    return measured_keys(path)
 
 
 # ---------------------------------------------------------------- per task

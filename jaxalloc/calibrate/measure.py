@@ -6,7 +6,11 @@ answer_tokens``), one per answered item, each appended and synced as soon as
 it is graded. A run that is stopped (Ctrl-C, a kill, a crash) and started
 again with the same options skips every (task, budget, repeat, item) already
 in the file, so nothing is measured twice and no row is duplicated; a last
-line torn by a kill is dropped before appending.
+line torn by a kill is dropped before appending. The settings that change the
+rows are recorded with the file (:mod:`~jaxalloc.calibrate.settings`) and a
+run with other settings is refused instead of mixed in; ``force_new`` starts
+the file afresh. Ctrl-C raises :class:`~jaxalloc.errors.Interrupted`, which
+says how many answers are kept.
 
 Order: repeats outermost, then budgets, then tasks, then items, so that a
 partial file already holds every budget of the first repeat.
@@ -18,14 +22,14 @@ import json
 import os
 import sys
 import zlib
-from pathlib import Path
 from typing import Mapping, NamedTuple, Protocol, Sequence
 
+from ..errors import Interrupted
 from .benchmarks import Item, grade
 from .chat import ThinkingFormat, decode, prompt_ids
+from .data import append_rows, resume_keys
 from .generate import Generation
-
-from .data import _repair_torn_line, append_rows, measured_keys
+from .settings import METADATA_KEY, check_settings, discard, settings_document, write_settings
 
 
 class Backend(Protocol):
@@ -71,7 +75,8 @@ def _progress(total: int, enabled: bool):
 def measure(backend: Backend, tokenizer, fmt: ThinkingFormat, tasks: Mapping[str, Sequence[Item]],
             budgets: Sequence[int], out: str, *, repeats: int = 1, answer_tokens: int = 512,
             temperature: float = 0.0, seed: int = 0, progress: bool = True,
-            transcript: str | None = None) -> MeasureReport:
+            transcript: str | None = None, settings: Mapping[str, object] | None = None,
+            force_new: bool = False) -> MeasureReport:
     """Measure accuracy and service time of every task at every budget; append rows to `out`.
 
     **Arguments:**
@@ -90,8 +95,16 @@ def measure(backend: Backend, tokenizer, fmt: ThinkingFormat, tasks: Mapping[str
     - `progress`: show a progress bar on stderr.
     - `transcript`: optional JSON Lines file that gets each answer's text,
       extracted answer, reference and request timings.
+    - `settings`: more settings that change the rows, for the file's
+      fingerprint (:func:`run_settings`), e.g. ``{"model": path}``.
+    - `force_new`: delete `out` and its settings file first (a note on
+      stderr) instead of resuming.
 
-    **Returns:** a :class:`MeasureReport`.
+    **Returns:** a :class:`MeasureReport`. Raises
+    :class:`~jaxalloc.calibrate.settings.ResumeError` (before any query) when
+    `out` holds rows measured with other settings, or rows without a record
+    of their settings; :class:`~jaxalloc.errors.Interrupted` on Ctrl-C, saying
+    how many of the run's answers are in `out`.
     """
     budgets = [int(b) for b in budgets]
     if any(b < 0 for b in budgets):
@@ -100,14 +113,24 @@ def measure(backend: Backend, tokenizer, fmt: ThinkingFormat, tasks: Mapping[str
         raise ValueError(f"repeats = {repeats}: must be >= 1")
     if answer_tokens < 1:
         raise ValueError(f"answer_tokens = {answer_tokens}: must be >= 1")
-    if os.path.isfile(out) and out.lower().endswith(".csv"):
-        _repair_torn_line(Path(out))  # a row cut short by a kill: dropped before reading the keys
-    done = measured_keys(out)
+    fingerprint = run_settings(backend, answer_tokens=answer_tokens, temperature=temperature, seed=seed,
+                               extra=settings)
+    if force_new:
+        note = discard(out)
+        if note:
+            print(note, file=sys.stderr)
+    else:
+        check_settings(out, fingerprint)
+    write_settings(out, fingerprint)
+    metadata = {METADATA_KEY: settings_document(fingerprint)}  # Parquet: also inside the file
+    done = resume_keys(out)
     todo = [(r, b, item) for r in range(repeats) for b in budgets for items in tasks.values() for item in items
             if (item.task, b, r, item.id) not in done]
-    skipped = sum(len(items) for items in tasks.values()) * len(budgets) * repeats - len(todo)
+    total = sum(len(items) for items in tasks.values()) * len(budgets) * repeats
+    skipped = total - len(todo)
     prompts: dict[tuple[str, str], list[int]] = {}
     groups: dict = {}
+    written = 0
     bar = _progress(len(todo), progress)
     log = open(transcript, "a", encoding="utf-8") if transcript else None
     try:
@@ -123,7 +146,8 @@ def measure(backend: Backend, tokenizer, fmt: ThinkingFormat, tasks: Mapping[str
                    "correct": bool(result.correct), "service_s": gen.service_s, "prefill_s": gen.prefill_s,
                    "decode_s": gen.decode_s, "thinking_tokens": gen.thinking_tokens,
                    "answer_tokens": gen.answer_tokens}
-            append_rows(out, [row])
+            append_rows(out, [row], metadata)
+            written += 1
             if log is not None:
                 log.write(json.dumps(dict(row, prompt_tokens=gen.prompt_tokens, answer=text,
                                           extracted=result.extracted, reference=item.reference,
@@ -136,12 +160,35 @@ def measure(backend: Backend, tokenizer, fmt: ThinkingFormat, tasks: Mapping[str
             if bar is not None:
                 bar.set_postfix_str(f"{item.task} ℓ={budget} r={repeat}", refresh=False)
                 bar.update(1)
+    except KeyboardInterrupt:
+        raise Interrupted(f"{skipped + written} of {total} answers kept in {out}; "
+                          "run the same command to resume") from None
     finally:
         if bar is not None:
             bar.close()
         if log is not None:
             log.close()
-    return MeasureReport(sum(g["n"] for g in groups.values()), skipped, groups)
+    return MeasureReport(written, skipped, groups)
+
+
+def run_settings(backend: Backend, *, answer_tokens: int, temperature: float, seed: int,
+                 extra: Mapping[str, object] | None = None) -> dict:
+    """The fingerprint of a measuring run: the settings that change its rows.
+
+    `backend` (its name) and `served_model` (the backend's `model` attribute,
+    where it has one: the served model of an OpenAI-compatible server),
+    `answer_tokens`, `temperature`, `seed`, and the `extra` settings the
+    caller knows (the command line: `model`, and `dtype` for ``flax``; values
+    other than JSON numbers, strings, booleans and None are kept as text). See
+    :mod:`~jaxalloc.calibrate.settings` for what is left out and why.
+    """
+    fingerprint: dict = {"backend": backend.name, "answer_tokens": int(answer_tokens),
+                         "temperature": float(temperature), "seed": int(seed)}
+    if getattr(backend, "model", None) is not None:
+        fingerprint["served_model"] = str(backend.model)
+    for key, value in (extra or {}).items():
+        fingerprint[str(key)] = value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+    return fingerprint
 
 
 def parse_task(spec: str) -> tuple[str, str]:

@@ -4,12 +4,20 @@
 [--budgets 0,64,256,1024] [--samples 250] [--repeats 3] [--answer-tokens 512]
 [--temperature 0.1] [--seed 0] [--backend flax|openai] [--base-url URL]
 [--served-model NAME] [--dtype auto|bfloat16|float32] [--transcript FILE.jsonl]
-[--no-progress] [--json]`
+[--force-new] [--no-progress] [--json]`
 
 Everything is checked before the first query (task files read, budgets,
-output folder, model files): bad input is one `error:` line and exit status
-2. A server failure during the run is an `error:` line and status 1; Ctrl-C
-is status 130. Rows already written stay, and the same command resumes.
+output folder, model files, and that FILE was measured with the same
+settings): bad input is one `error:` line and exit status 2. A server failure
+during the run is an `error:` line and status 1; Ctrl-C is
+``interrupted: N of M answers kept in FILE; run the same command to resume``
+and status 130. Rows already written stay, and the same command resumes.
+
+The settings that change the rows (model, backend, served model, dtype,
+seed, temperature, answer tokens) are recorded in ``FILE.settings.json``
+(and, for Parquet, in the file's metadata); a run with other settings is
+refused, naming each as old → new, and ``--force-new`` discards the file to
+start afresh (see :mod:`jaxalloc.calibrate.settings`).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from types import SimpleNamespace
 
 from .data import CalibrationError
 
@@ -52,6 +61,9 @@ def add_measure_parser(group) -> None:
     p.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
                    help="flax backend: parameter dtype (default: the checkpoint's)")
     p.add_argument("--transcript", metavar="FILE.jsonl", help="also log every answer, extracted answer and timing")
+    p.add_argument("--force-new", action="store_true",
+                   help="discard the --out file (and its FILE.settings.json) and start afresh instead of resuming; "
+                        "needed when the file was measured with other settings")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(calibrate_run=cmd_measure)
@@ -87,6 +99,14 @@ def _check(args):
     return budgets, tasks
 
 
+def _settings(args) -> dict:
+    """The settings of the fingerprint that only the command line knows (see :func:`~.measure.run_settings`)."""
+    settings = {"model": os.path.realpath(args.model)}
+    if args.backend == "flax":
+        settings["dtype"] = args.dtype
+    return settings
+
+
 def _backend(args, fmt, tokenizer):
     if args.backend == "openai":
         from .openai_backend import OpenAIBackend
@@ -112,9 +132,18 @@ def cmd_measure(args) -> int:
     except ImportError as err:
         raise CalibrationError(f"calibrate measure needs the 'calibrate' extra "
                                f"(pip install 'jaxalloc[calibrate]'): {err}") from None
+    from ..errors import Interrupted
+    from .measure import run_settings
     from .openai_backend import ServerError
+    from .settings import check_settings
 
     budgets, tasks = _check(args)
+    settings = _settings(args)
+    if not args.force_new:  # before loading the model; measure() checks again, knowing the served model
+        named = SimpleNamespace(name=args.backend, model=args.served_model)
+        known = run_settings(named, answer_tokens=args.answer_tokens, temperature=args.temperature,
+                             seed=args.seed, extra=settings)
+        check_settings(args.out, known, partial=True)
     tokenizer = load_tokenizer(args.model)
     fmt = thinking_format(tokenizer, args.model)
     total = sum(len(v) for v in tasks.values()) * len(budgets) * args.repeats
@@ -124,12 +153,15 @@ def cmd_measure(args) -> int:
               f"{total} answers ({backend.name} backend) → {args.out}", file=sys.stderr)
         report = measure(backend, tokenizer, fmt, tasks, budgets, args.out, repeats=args.repeats,
                          answer_tokens=args.answer_tokens, temperature=args.temperature, seed=args.seed,
-                         progress=not args.no_progress, transcript=args.transcript)
+                         progress=not args.no_progress, transcript=args.transcript, settings=settings,
+                         force_new=args.force_new)
     except ServerError as err:
         print(f"error: {' '.join(str(err).split())} (rows so far are kept; rerun to resume)", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"interrupted: rows so far are in {args.out}; run the same command again to resume", file=sys.stderr)
+    except KeyboardInterrupt as err:  # measure() raises Interrupted, which counts what is kept
+        kept = (str(err) if isinstance(err, Interrupted)
+                else f"stopped before measuring; nothing was added to {args.out}")
+        print(f"interrupted: {kept}", file=sys.stderr)
         return 130
     if args.json:
         print(json.dumps({"out": args.out, "written": report.written, "skipped": report.skipped,
