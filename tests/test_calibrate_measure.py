@@ -15,17 +15,18 @@ import pytest
 pytest.importorskip("flax")
 pytest.importorskip("transformers")
 
-from jaxalloc.calibrate.benchmarks import load_task  # noqa: E402
-from jaxalloc.calibrate.chat import load_tokenizer, prompt_ids, thinking_format  # noqa: E402
-from jaxalloc.calibrate.data import parquet_metadata  # noqa: E402
-from jaxalloc.calibrate.generate import Engine, Generation, LocalBackend, generate  # noqa: E402
-from jaxalloc.calibrate.measure import measure, parse_budgets, parse_task, run_settings  # noqa: E402
-from jaxalloc.calibrate.openai_backend import OpenAIBackend, ServerError  # noqa: E402
-from jaxalloc.calibrate.qwen3 import load_qwen3  # noqa: E402
-from jaxalloc.calibrate.settings import METADATA_KEY, ResumeError  # noqa: E402
-from jaxalloc.errors import Interrupted  # noqa: E402
-from openai_server import CompletionServer  # noqa: E402
-from tiny_qwen3 import make_checkpoint  # noqa: E402
+from openai_server import CompletionServer
+from tiny_qwen3 import make_checkpoint
+
+from jaxalloc.calibrate.benchmarks import load_task
+from jaxalloc.calibrate.chat import load_tokenizer, prompt_ids, thinking_format
+from jaxalloc.calibrate.data import parquet_metadata
+from jaxalloc.calibrate.generate import Engine, Generation, LocalBackend, generate
+from jaxalloc.calibrate.measure import measure, parse_budgets, parse_task, run_settings
+from jaxalloc.calibrate.openai_backend import OpenAIBackend, ServerError
+from jaxalloc.calibrate.qwen3 import load_qwen3
+from jaxalloc.calibrate.settings import METADATA_KEY, ResumeError
+from jaxalloc.errors import Interrupted
 
 GSM8K = [
     {"question": "Tom has 1200 apples and buys 34 more. How many?", "answer": "#### 1,234"},
@@ -54,7 +55,7 @@ def setup(tmp_path_factory):
     fmt = thinking_format(tokenizer, folder)
     engine = Engine(load_qwen3(folder), min_bucket=128)
     tasks = {name: load_task(name, path, samples=2) for name, path in data.items()}
-    return dict(folder=folder, data=data, tokenizer=tokenizer, fmt=fmt, engine=engine, tasks=tasks)
+    return {"folder": folder, "data": data, "tokenizer": tokenizer, "fmt": fmt, "engine": engine, "tasks": tasks}
 
 
 def _rows(path):
@@ -79,7 +80,7 @@ def test_local_measuring_run(setup, tmp_path):
         assert 1 <= int(r["answer_tokens"]) <= 6 and r["correct"] in ("0", "1")
         assert float(r["service_s"]) == pytest.approx(float(r["prefill_s"]) + float(r["decode_s"]))
     assert {r["task"] for r in rows} == {"GSM8K", "ARC-Challenge"}
-    log = [json.loads(line) for line in open(tmp_path / "t.jsonl")]
+    log = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
     assert len(log) == len(rows) and {"answer", "extracted", "reference"} <= set(log[0])
     # the same run again: everything is there, nothing is added
     again = measure(backend, setup["tokenizer"], setup["fmt"], setup["tasks"], [0, 3, 8], out, repeats=2,

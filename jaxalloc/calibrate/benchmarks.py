@@ -36,8 +36,9 @@ import json
 import os
 import re
 import zlib
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -215,7 +216,7 @@ def load_bbh(path: str, seed: int = 0) -> list[Item]:
         for i, r in enumerate(read_records(file)):
             question = str(_field(r, ("input",), file, i))
             target = str(_field(r, ("target",), file, i)).strip()
-            labels = tuple(re.findall(r"^\(([A-Z])\)", question, re.M)) if re.fullmatch(r"\([A-Z]\)", target) else ()
+            labels = tuple(re.findall(r"^\(([A-Z])\)", question, re.MULTILINE)) if re.fullmatch(r"\([A-Z]\)", target) else ()
             items.append(Item("BBH", f"{sub}/{i}", BBH_PROMPT.format(question=question), target, labels))
     return items
 
@@ -391,7 +392,7 @@ def _normalise(s: str) -> str:
 
 def extract_bbh(text: str) -> str | None:
     """The text after the last "the answer is" (to the end of its line), else the last ``\\boxed{}``."""
-    said = re.findall(r"answer is\s*:?\s*([^\n]*)", text, re.I)
+    said = re.findall(r"answer is\s*:?\s*([^\n]*)", text, re.IGNORECASE)
     if said and said[-1].strip():
         return said[-1].strip()
     return last_boxed(text)
@@ -433,15 +434,15 @@ def safe_literal(text: str) -> tuple[bool, Any]:
 def extract_cruxeval(text: str) -> str | None:
     """The predicted output: the last ``[ANSWER]…[/ANSWER]`` (else ``\\boxed{}``, else the last
     fenced code block); from an ``assert f(…) == x`` only the ``x``."""
-    blocks = re.findall(r"\[ANSWER\](.*?)\[/ANSWER\]", text, re.S)
+    blocks = re.findall(r"\[ANSWER\](.*?)\[/ANSWER\]", text, re.DOTALL)
     found = blocks[-1] if blocks else last_boxed(text)
     if found is None:
-        fences = re.findall(r"```(?:python)?\n?(.*?)```", text, re.S)
+        fences = re.findall(r"```(?:python)?\n?(.*?)```", text, re.DOTALL)
         found = fences[-1] if fences else None
     if found is None:
         return None
     found = found.strip()
-    m = re.match(r"assert\s+f\(.*\)\s*==\s*(.+)$", found, re.S)
+    m = re.match(r"assert\s+f\(.*\)\s*==\s*(.+)$", found, re.DOTALL)
     return (m.group(1) if m else found).strip()
 
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from .qwen3 import ModelError
 
@@ -90,7 +91,7 @@ def thinking_format(tokenizer, path: str | None = None) -> ThinkingFormat:
         with open(gen, encoding="utf-8") as f:
             eos = json.load(f).get("eos_token_id")
         stops.update([eos] if isinstance(eos, int) else (eos or []))
-    encode = lambda text: tuple(tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
+    encode = lambda text: tuple(tokenizer.encode(text, add_special_tokens=False))
     return ThinkingFormat(end, encode(THINK_OPEN), encode(THINK_CLOSE), tuple(sorted(stops)))
 
 

@@ -118,7 +118,7 @@ def _cmd_fit(args) -> int:
         _check_writable("--out", args.out)
     measurements = read_measurements(args.measurements)
     cal = fit_measurements(measurements, level=args.level)
-    point = dict(arrival_rate=args.arrival_rate, alpha=args.alpha, max_tokens=args.max_tokens, prob=prob)
+    point = {"arrival_rate": args.arrival_rate, "alpha": args.alpha, "max_tokens": args.max_tokens, "prob": prob}
     problem = None
     try:
         problem = calibrated_problem(cal, **point)

@@ -123,9 +123,7 @@ def _show(raw: Any) -> str:
 
 def _number(raw: Any) -> float:
     """A finite or non-finite float from a cell, or ValueError."""
-    if isinstance(raw, bool):
-        raise ValueError
-    if isinstance(raw, (int, float, np.integer, np.floating)):
+    if isinstance(raw, (int, float, np.integer, np.floating)) and not isinstance(raw, bool):
         return float(raw)
     return float(str(raw).strip())
 

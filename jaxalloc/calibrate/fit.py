@@ -221,8 +221,8 @@ def _fit_one(ell, y, n, rtol, max_steps):
     smooth = (n * p + 0.5) / (n + 1)
     weight = n / (smooth * (1 - smooth))
     info = jac.T @ (weight[:, None] * jac)
-    return dict(A=A, logb=logb, D=D, lo=lo, hi=hi, p=p, info=info, converged=converged,
-                steps=sols.stats["num_steps"][best])
+    return {"A": A, "logb": logb, "D": D, "lo": lo, "hi": hi, "p": p, "info": info, "converged": converged,
+                "steps": sols.stats["num_steps"][best]}
 
 
 @jax.jit

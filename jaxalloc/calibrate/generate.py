@@ -28,8 +28,9 @@ then, then ``</think>`` forced and the answer generated up to a cap.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from functools import partial
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -129,7 +130,7 @@ class Engine:
         self._masks: dict[tuple[int, ...], jax.Array] = {}
 
     def _mask(self, ids: Sequence[int]) -> jax.Array:
-        key = tuple(sorted(set(int(i) for i in ids)))
+        key = tuple(sorted({int(i) for i in ids}))
         if key not in self._masks:
             mask = np.zeros(self.config.vocab_size, bool)
             mask[list(key)] = True

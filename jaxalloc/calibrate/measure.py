@@ -18,11 +18,13 @@ partial file already holds every budget of the first repeat.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import zlib
-from typing import Mapping, NamedTuple, Protocol, Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple, Protocol
 
 from ..errors import Interrupted
 from .benchmarks import Item, grade
@@ -132,42 +134,40 @@ def measure(backend: Backend, tokenizer, fmt: ThinkingFormat, tasks: Mapping[str
     groups: dict = {}
     written = 0
     bar = _progress(len(todo), progress)
-    log = open(transcript, "a", encoding="utf-8") if transcript else None
-    try:
-        for repeat, budget, item in todo:
-            key = (item.task, item.id)
-            if key not in prompts:
-                prompts[key] = prompt_ids(tokenizer, fmt, item.question)
-            gen = backend.generate(prompts[key], budget, answer_tokens, temperature=temperature,
-                                   seed=query_seed(seed, item.task, item.id, budget, repeat))
-            text = decode(tokenizer, gen.answer_ids, fmt.stop_ids)
-            result = grade(text, item)
-            row = {"task": item.task, "budget": budget, "repeat": repeat, "item": item.id,
-                   "correct": bool(result.correct), "service_s": gen.service_s, "prefill_s": gen.prefill_s,
-                   "decode_s": gen.decode_s, "thinking_tokens": gen.thinking_tokens,
-                   "answer_tokens": gen.answer_tokens}
-            append_rows(out, [row], metadata)
-            written += 1
-            if log is not None:
-                log.write(json.dumps(dict(row, prompt_tokens=gen.prompt_tokens, answer=text,
-                                          extracted=result.extracted, reference=item.reference,
-                                          requests=list(gen.requests))) + "\n")
-                log.flush()
-            g = groups.setdefault((item.task, budget), {"n": 0, "correct": 0, "service_s": 0.0})
-            g["n"] += 1
-            g["correct"] += int(result.correct)
-            g["service_s"] += gen.service_s
-            if bar is not None:
-                bar.set_postfix_str(f"{item.task} ℓ={budget} r={repeat}", refresh=False)
-                bar.update(1)
-    except KeyboardInterrupt:
-        raise Interrupted(f"{skipped + written} of {total} answers kept in {out}; "
-                          "run the same command to resume") from None
-    finally:
+    with contextlib.ExitStack() as cleanup:
         if bar is not None:
-            bar.close()
-        if log is not None:
-            log.close()
+            cleanup.callback(bar.close)
+        log = cleanup.enter_context(open(transcript, "a", encoding="utf-8")) if transcript else None
+        try:
+            for repeat, budget, item in todo:
+                key = (item.task, item.id)
+                if key not in prompts:
+                    prompts[key] = prompt_ids(tokenizer, fmt, item.question)
+                gen = backend.generate(prompts[key], budget, answer_tokens, temperature=temperature,
+                                       seed=query_seed(seed, item.task, item.id, budget, repeat))
+                text = decode(tokenizer, gen.answer_ids, fmt.stop_ids)
+                result = grade(text, item)
+                row = {"task": item.task, "budget": budget, "repeat": repeat, "item": item.id,
+                       "correct": bool(result.correct), "service_s": gen.service_s, "prefill_s": gen.prefill_s,
+                       "decode_s": gen.decode_s, "thinking_tokens": gen.thinking_tokens,
+                       "answer_tokens": gen.answer_tokens}
+                append_rows(out, [row], metadata)
+                written += 1
+                if log is not None:
+                    log.write(json.dumps(dict(row, prompt_tokens=gen.prompt_tokens, answer=text,
+                                              extracted=result.extracted, reference=item.reference,
+                                              requests=list(gen.requests))) + "\n")
+                    log.flush()
+                g = groups.setdefault((item.task, budget), {"n": 0, "correct": 0, "service_s": 0.0})
+                g["n"] += 1
+                g["correct"] += int(result.correct)
+                g["service_s"] += gen.service_s
+                if bar is not None:
+                    bar.set_postfix_str(f"{item.task} ℓ={budget} r={repeat}", refresh=False)
+                    bar.update(1)
+        except KeyboardInterrupt:
+            raise Interrupted(f"{skipped + written} of {total} answers kept in {out}; "
+                              "run the same command to resume") from None
     return MeasureReport(written, skipped, groups)
 
 

@@ -25,7 +25,8 @@ import json
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .chat import ThinkingFormat
 from .generate import Generation

@@ -117,7 +117,7 @@ class KVCache(NamedTuple):
     values: tuple
 
     @staticmethod
-    def zeros(config: ModelConfig, batch: int, length: int, dtype) -> "KVCache":
+    def zeros(config: ModelConfig, batch: int, length: int, dtype) -> KVCache:
         """An empty cache of `length` positions.
 
         **Arguments:** `config`; `batch`; `length` (positions); `dtype`.
@@ -343,7 +343,7 @@ def _safetensors_files(path: str) -> dict[str, str]:
     names = {}
     for file in files:
         with safe_open(file, framework="flax") as f:
-            names.update({name: file for name in f.keys()})
+            names.update(dict.fromkeys(f.keys(), file))
     return names
 
 
