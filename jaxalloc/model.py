@@ -16,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -68,7 +69,7 @@ class Problem(eqx.Module):
     def num_tasks(self) -> int:
         return self.A.shape[-1]
 
-    def replace(self, **changes: Any) -> "Problem":
+    def replace(self, **changes: Any) -> Problem:
         """A copy with some fields replaced (scalars are converted to arrays)."""
         dtype = self.A.dtype
         conv = {
@@ -77,7 +78,7 @@ class Problem(eqx.Module):
         }
         return dataclasses.replace(self, **conv)
 
-    def astype(self, dtype) -> "Problem":
+    def astype(self, dtype) -> Problem:
         """The same problem with every numeric leaf cast to `dtype`."""
         fields = {
             f.name: jnp.asarray(getattr(self, f.name), dtype=dtype)
@@ -234,8 +235,10 @@ def _number(where: str, value: Any) -> float:
 def problem_from_dict(data: Mapping[str, Any], *, dtype=None) -> Problem:
     """Build and validate a problem from a parsed profile (the TOML layout).
 
-    Top level: `name`, `arrival_rate`, `alpha`, `max_tokens`, and a `tasks`
-    list of tables with `name`, `prob` (optional), `A`, `b`, `D`, `t0`, `c`.
+    Top level: `name` (optional), `arrival_rate`, `alpha`, `max_tokens`, and a
+    `tasks` list of tables with `name` (required: a non-empty string, distinct
+    across tasks), `prob` (optional), `A`, `b`, `D`, `t0`, `c`. (From Python,
+    :func:`make_problem` still names unnamed tasks `task0, task1, ...`.)
     """
     unknown = sorted(set(data) - set(TOP_FIELDS))
     if unknown:
@@ -256,11 +259,15 @@ def problem_from_dict(data: Mapping[str, Any], *, dtype=None) -> Problem:
         extra = sorted(set(task) - set(allowed))
         if extra:
             raise ProblemError(f"{label}.{extra[0]}: unknown field (allowed: {', '.join(allowed)})")
+        if "name" not in task:  # a profile names its tasks: outputs, sweep axes and --task refer to them
+            raise ProblemError(f"tasks[{k}].name: missing")
+        if not isinstance(task["name"], str) or not task["name"].strip():
+            raise ProblemError(f"tasks[{k}].name = {task['name']!r}: must be a non-empty string")
         for f in TASK_FIELDS:
             if f not in task:
                 raise ProblemError(f"{label}.{f}: missing")
             columns[f].append(_number(f"{label}.{f}", task[f]))
-        names.append(str(task.get("name", f"task{k}")))
+        names.append(task["name"])
         probs.append(_number(f"{label}.prob", task["prob"]) if "prob" in task else None)
     given = [p is not None for p in probs]
     if any(given) and not all(given):

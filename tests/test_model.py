@@ -55,20 +55,20 @@ def _profile(**top):
 @pytest.mark.parametrize(
     "change, message",
     [
-        (dict(arrival_rate=-1.0), "arrival_rate = -1: must be > 0"),
-        (dict(alpha=0.0), "alpha = 0: must be > 0"),
-        (dict(max_tokens=float("nan")), "max_tokens = nan: must be a finite number"),
-        (dict(arrival_rate="fast"), "arrival_rate = 'fast': must be a number"),
-        (dict(color="red"), "color: unknown field"),
-        (dict(task_speed=1.0), r"tasks\[0\] \(x\).speed: unknown field"),
-        (dict(task_b=0.0), r"tasks\[0\] \(x\).b = 0: must be > 0"),
-        (dict(task_c=-0.01), r"tasks\[0\] \(x\).c = -0.01: must be > 0"),
-        (dict(task_A=0.9), r"tasks\[0\] \(x\): A \+ D = 1.1 > 1"),
-        (dict(task_D=-0.1), r"tasks\[0\] \(x\).D = -0.1: must be in \[0, 1\]"),
-        (dict(task_t0=-1.0), r"tasks\[0\] \(x\).t0 = -1: must be >= 0"),
-        (dict(task_prob=0.5), r"tasks\[1\] \(y\).prob: missing"),
-        (dict(arrival_rate=20.0), "queue unstable even at zero budgets"),
-        (dict(tasks=[]), "at least one"),
+        ({"arrival_rate": -1.0}, "arrival_rate = -1: must be > 0"),
+        ({"alpha": 0.0}, "alpha = 0: must be > 0"),
+        ({"max_tokens": float("nan")}, "max_tokens = nan: must be a finite number"),
+        ({"arrival_rate": "fast"}, "arrival_rate = 'fast': must be a number"),
+        ({"color": "red"}, "color: unknown field"),
+        ({"task_speed": 1.0}, r"tasks\[0\] \(x\).speed: unknown field"),
+        ({"task_b": 0.0}, r"tasks\[0\] \(x\).b = 0: must be > 0"),
+        ({"task_c": -0.01}, r"tasks\[0\] \(x\).c = -0.01: must be > 0"),
+        ({"task_A": 0.9}, r"tasks\[0\] \(x\): A \+ D = 1.1 > 1"),
+        ({"task_D": -0.1}, r"tasks\[0\] \(x\).D = -0.1: must be in \[0, 1\]"),
+        ({"task_t0": -1.0}, r"tasks\[0\] \(x\).t0 = -1: must be >= 0"),
+        ({"task_prob": 0.5}, r"tasks\[1\] \(y\).prob: missing"),
+        ({"arrival_rate": 20.0}, "queue unstable even at zero budgets"),
+        ({"tasks": []}, "at least one"),
     ],
 )
 def test_bad_profiles_name_field_and_value(change, message):
@@ -100,3 +100,41 @@ def test_make_problem_checks_lengths_and_duplicates():
     with pytest.raises(ja.ProblemError, match="duplicate task name 'a'"):
         ja.make_problem(arrival_rate=0.1, alpha=1, max_tokens=10, A=[0.5, 0.5], b=[1, 1], D=[0, 0], t0=[0, 0],
                         c=[1, 1], names=["a", "a"])
+
+
+def test_profile_tasks_need_a_name(tmp_path):
+    """A profile task without `name` is an error naming its index (it used to be called task0)."""
+    data = _profile()
+    data["tasks"].append({"A": 0.5, "b": 1e-3, "D": 0.2, "t0": 0.1, "c": 0.01})
+    with pytest.raises(ja.ProblemError, match=r"^tasks\[2\]\.name: missing$"):
+        ja.problem_from_dict(data)
+    for bad in ("", "  ", 3, True):
+        data["tasks"][2]["name"] = bad
+        with pytest.raises(ja.ProblemError, match=r"^tasks\[2\]\.name = .*: must be a non-empty string$"):
+            ja.problem_from_dict(data)
+    data["tasks"][2]["name"] = "z"
+    assert ja.problem_from_dict(data).names == ("x", "y", "z")
+    path = tmp_path / "unnamed.toml"
+    path.write_text("arrival_rate = 0.1\nalpha = 1\nmax_tokens = 10\n[[tasks]]\nA = 0.5\nb = 0.001\nD = 0.2\n"
+                    "t0 = 0.1\nc = 0.01\n")
+    with pytest.raises(ja.ProblemError, match=r"^tasks\[0\]\.name: missing$"):
+        ja.load_profile(path)
+
+
+def test_make_problem_still_names_tasks_itself():
+    """The Python API keeps its default names; problem_to_toml writes them, so the file loads."""
+    from jaxalloc.model import tomllib  # tomli before Python 3.11
+
+    problem = ja.make_problem(arrival_rate=0.1, alpha=1, max_tokens=10, A=[0.5, 0.5], b=[1e-3, 1e-3], D=[0, 0],
+                              t0=[0.1, 0.1], c=[0.01, 0.01])
+    assert problem.names == ("task0", "task1")
+    assert ja.problem_from_dict(tomllib.loads(ja.problem_to_toml(problem))).names == ("task0", "task1")
+
+
+def test_bundled_profiles_load():
+    from pathlib import Path
+
+    for name in ja.bundled_profiles():
+        path = Path(ja.__file__).parent / "profiles" / f"{name}.toml"
+        problem = ja.load_profile(path)
+        assert all(problem.names) and len(set(problem.names)) == problem.num_tasks
