@@ -1,7 +1,11 @@
 """The `jaxalloc` command line: parse, build the problem, call the public API, print.
 
-Bad input exits with status 2 and one line on stderr starting with `error:`;
-no traceback, nothing written.
+Every failure is one line on stderr, never a traceback. Bad input, or an output
+path that cannot be written, exits with status 2 and one line starting with
+`error:`, before any work and with nothing written. Ctrl-C exits with status 130
+and one line starting with `interrupted:` that says what was kept. A reader of
+stdout that leaves early (`jaxalloc solve --json | head -1`) ends the command
+quietly with status 141, as SIGPIPE ends other Unix tools.
 """
 
 from __future__ import annotations
@@ -10,12 +14,21 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from typing import Sequence
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one `error:` line and exit status 2."""
+    """argparse, but usage errors are one `error:` line and exit status 2, and a
+    value that starts with a minus sign and a number (``--arrival-rate -0.1``,
+    ``--alpha -1e-3:5:10``, ``-inf``) is a value, not an unknown option: no option
+    of jaxalloc looks like a negative number, so validation can say what is wrong."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # argparse's own pattern takes only plain numbers (-1, -0.5) as values
+        self._negative_number_matcher = re.compile(r"^-(\.?\d|inf|nan)", re.IGNORECASE)
 
     def error(self, message: str):  # noqa: D401 - argparse API
         raise _UsageError(f"{self.prog}: {message}")
@@ -58,7 +71,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--max-tokens", type=float, metavar="L", help="override ℓ_max")
     sim.add_argument("--json", action="store_true", help="print JSON for programs")
     sim.add_argument("--plot", metavar="FILE.png",
-                     help="also write a histogram of the system times (PNG; needs matplotlib: jaxalloc[plots])")
+                     help="also write a histogram of the system times (PNG)")
 
     ver = sub.add_parser("verify", help="check Lemmas 1-3 of the paper on a profile with autodiff")
     ver.add_argument("profile", nargs="?", help="TOML profile (default: the bundled paper profile)")
@@ -148,6 +161,29 @@ def _cmd_solve(args) -> int:
     return 0
 
 
+def _check_writable(flag: str, path: str) -> None:
+    """Fail before any work if `path` cannot be written: one `error:` line naming
+    the flag, the path and the reason. Opening for appending changes nothing in an
+    existing file; a file that did not exist is removed again."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        reason = "it is a directory"
+    elif not os.path.isdir(folder):
+        reason = f"no such directory {folder}"
+    else:
+        existed = os.path.lexists(path)
+        try:
+            with open(path, "ab"):
+                pass
+        except OSError as err:
+            reason = err.strerror or str(err)
+        else:
+            if not existed:
+                os.remove(path)
+            return
+    raise _UsageError(f"{flag}: cannot write {path}: {reason}")
+
+
 def _parse_budgets(text: str) -> list[float]:
     try:
         values = [float(x) for x in text.split(",")]
@@ -162,14 +198,10 @@ def _cmd_simulate(args) -> int:
     from .simulate import SimulationError, format_simulation_report, simulate, simulation_report
 
     if args.plot is not None:  # fail before simulating: no matplotlib, or nowhere to write
-        import os
-
-        from .plots import PlotError, _pyplot
+        from .plots import _pyplot
 
         _pyplot()
-        folder = os.path.dirname(os.path.abspath(args.plot))
-        if not os.path.isdir(folder):
-            raise PlotError(f"--plot: cannot write {args.plot}: no such directory {folder}")
+        _check_writable("--plot", args.plot)
     problem, name = _load(args.profile, args)
     if args.budgets is not None:
         budgets = np.asarray(_parse_budgets(args.budgets))
@@ -197,10 +229,13 @@ def _cmd_simulate(args) -> int:
             title=f"jaxalloc simulate: {name}, λ = {float(problem.arrival_rate):g}/s, "
                   f"{report['replications']} × {report['queries']} queries",
         )
+        report["plot"] = args.plot
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(format_simulation_report(report, title=f"jaxalloc simulate: {name} ({problem.num_tasks} tasks)"))
+        if args.plot is not None:
+            print(f"wrote {args.plot}")
     if not report["stable"]:
         print(f"error: simulate: {report['message']}", file=sys.stderr)
         return 1
@@ -259,6 +294,12 @@ def _cmd_sweep(args) -> int:
                    progress=args.progress, block=args.block)
     summary = result.summary()
     summary["figures"] = []
+    if result.discarded_blocks:
+        n = result.discarded_blocks
+        print(f"note: discarded {n:,} finished block{'s' if n > 1 else ''} of a different sweep at {args.out}.parts",
+              file=sys.stderr)
+    if result.replaced_file:
+        print(f"note: replaced {args.out}, which held a different sweep", file=sys.stderr)
     if figures and result.complete and len(axes) > 2:
         print(f"note: figures need 1 or 2 axes, this sweep has {len(axes)}: none written", file=sys.stderr)
     elif figures and result.complete:
@@ -275,12 +316,16 @@ def _cmd_sweep(args) -> int:
         counts = ", ".join(f"{v:,} {k}" for k, v in summary["status_counts"].items())
         print(f"jaxalloc sweep: {name}, {summary['points']:,} points "
               f"({' × '.join(str(n) for n in summary['shape'])}: {', '.join(summary['axes'])})")
-        print(f"  solved {summary['computed_points']:,} points in {summary['seconds']:.2f} s "
-              f"({summary['points_per_second']:,.0f} points/s including compilation, {summary['dtype']}, {summary['method']}, "
-              f"{summary['devices']} device{'s' if summary['devices'] > 1 else ''})")
+        if result.already_complete:
+            print(f"  already complete: {summary['points']:,} points in {summary['path']}")
+        else:
+            print(f"  solved {summary['computed_points']:,} points in {summary['seconds']:.2f} s "
+                  f"({summary['points_per_second']:,.0f} points/s including compilation, {summary['dtype']}, "
+                  f"{summary['method']}, {summary['devices']} device{'s' if summary['devices'] > 1 else ''})")
         print(f"  status: {counts}")
-        print(f"  wrote {summary['path']}" if result.complete else
-              f"  process {args.process_id}: wrote its blocks; process 0 writes {summary['path']}")
+        if not result.already_complete:
+            print(f"  wrote {summary['path']}" if result.complete else
+                  f"  process {args.process_id}: wrote its blocks; process 0 writes {summary['path']}")
         for fig in summary["figures"]:
             print(f"  wrote {fig}")
     return 0
@@ -310,7 +355,11 @@ def _cmd_sensitivity(args) -> int:
     values = np.linspace(start, stop, num)
     if args.simulate < 0:
         raise _UsageError(f"--simulate = {args.simulate}: must be >= 0")
+    if not os.path.basename(args.out):
+        raise _UsageError(f"--out = '{args.out}': a folder; give a file prefix, e.g. {args.out}sensitivity")
     csv_path, png_path = f"{args.out}.csv", f"{args.out}.png"
+    _check_writable("--out", csv_path)
+    _check_writable("--out", png_path)
     if args.task is not None:
         task_index(problem, args.task)  # unknown task: error before any work
         curve = budget_curve(problem, args.task, values)
@@ -356,11 +405,18 @@ def _cmd_reproduce(args) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from .model import ProblemError
+# Commands that write only once their work is done: Ctrl-C during the work leaves nothing.
+# Long commands that keep finished work raise jaxalloc.errors.Interrupted, which says what.
+_NOTHING_KEPT = ("solve", "simulate", "verify", "sensitivity")
 
-    parser = _build_parser()
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Every failure is one line on stderr, never a traceback:
+    `error: ...` with status 2 (bad input, a file that cannot be written) and
+    `interrupted: ...` with status 130 (Ctrl-C)."""
+    args = None
     try:
+        parser = _build_parser()
         args = parser.parse_args(argv)
         if args.version:
             from . import __version__
@@ -376,10 +432,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "sensitivity": _cmd_sensitivity, "sweep": _cmd_sweep, "calibrate": run_calibrate,
                     "reproduce": _cmd_reproduce}
         return commands[args.command](args)
-    except (_UsageError, ProblemError, ValueError) as err:  # ValueError: e.g. eq. 39 beyond its N
-        message = " ".join(str(err).split())  # exactly one line
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+    except (_UsageError, ValueError) as err:  # ValueError: ProblemError, eq. 39 beyond its N, ...
+        message = str(err)
+    except BrokenPipeError:
+        raise  # the reader of stdout has gone: entry() exits quietly
+    except OSError as err:  # the net under the specific checks: a file that could not be read or written
+        message = f"{err.filename}: {err.strerror}" if err.filename and err.strerror else str(err)
+    except KeyboardInterrupt as err:
+        from .errors import Interrupted
+
+        if isinstance(err, Interrupted):
+            kept = str(err)
+        else:
+            kept = "nothing written" if getattr(args, "command", None) in _NOTHING_KEPT else ""
+        print(" ".join(f"interrupted: {kept}".split()) if kept else "interrupted", file=sys.stderr)
+        return 130
+    print("error: " + " ".join(message.split()), file=sys.stderr)  # exactly one line
+    return 2
 
 
 def use_every_core() -> None:
@@ -420,7 +489,15 @@ def entry() -> None:
     """The `jaxalloc` command."""
     use_every_core()
     _keep_compiled_programs()
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()  # here, so that a reader that left (`jaxalloc solve --json | head -1`) is seen here
+    except BrokenPipeError:
+        # Exit quietly, as a Unix tool killed by SIGPIPE does, with its status 128 + 13; stdout
+        # goes to devnull so that the interpreter's last flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 141
+    sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

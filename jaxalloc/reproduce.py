@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import tempfile
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .errors import Interrupted
 from .model import TASK_FIELDS, Problem, paper_profile
 from .objective import (
     integer_lower_bound,
@@ -67,6 +69,7 @@ FIGURES = {
     "load_gain": "fig6_gain_and_rounding_vs_load.png",
 }
 TABLES = {"table1": "table1.csv", "fig4": "fig4_gsm8k_budget.csv", "load": "load.csv"}
+FILES = sorted([*FIGURES.values(), *TABLES.values(), "summary.json", "report.md"])  # all that reproduce writes
 
 
 class ReproduceError(ValueError):
@@ -298,15 +301,30 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
 
 
 def check_out(out) -> Path:
-    """`out` as a folder to write into: created if missing; an error if it is a file."""
+    """`out` as a folder to write into: created if missing; an error if it is a
+    file, if nothing can be written into it, or if one of :data:`FILES` there is a folder."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ReproduceError(f"out = '{out}': exists and is not a directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
     except OSError as err:
-        raise ReproduceError(f"out = '{out}': cannot create the directory: {err.strerror or err}") from None
+        raise ReproduceError(f"out = '{out}': cannot write into it: {err.strerror or err}") from None
+    folders = [name for name in FILES if (out / name).is_dir()]
+    if folders:
+        raise ReproduceError(f"out = '{out}': cannot write {', '.join(folders)}: a directory of that name is there")
     return out
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """When `path` was last written, and its size; None if it is not there."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def reproduce(out="results", *, quick: bool = False, queries: int | None = None, replications: int | None = None,
@@ -323,11 +341,12 @@ def reproduce(out="results", *, quick: bool = False, queries: int | None = None,
 
     **Returns:** the summary (also written to `out/summary.json`); `report.md`,
     the CSV tables and the figures are written beside it. Raises
-    :class:`ReproduceError` (bad settings, checked before anything is written)
-    or :class:`~jaxalloc.plots.PlotError` (no matplotlib).
+    :class:`ReproduceError` (bad settings, checked before anything is written),
+    :class:`~jaxalloc.plots.PlotError` (no matplotlib) or, on Ctrl-C,
+    :class:`~jaxalloc.errors.Interrupted`, which says which files were written
+    (a second run writes them all again).
     """
     from . import plots
-    from .sensitivity import budget_curve, simulated_objectives
 
     start = time.perf_counter()
     conf = settings(quick=quick, queries=queries, replications=replications, seed=seed)
@@ -335,9 +354,25 @@ def reproduce(out="results", *, quick: bool = False, queries: int | None = None,
     if measurements is not None and not Path(measurements).is_file():
         raise ReproduceError(f"measurements = '{measurements}': file not found")
     problem = paper_profile()
-    names = list(problem.names)
-    markers, marker_info = _markers(measurements, names) if measurements is not None else (None, None)
+    markers, marker_info = _markers(measurements, list(problem.names)) if measurements is not None else (None, None)
     out = check_out(out)
+    before = {name: _stamp(out / name) for name in FILES}
+    try:
+        return _run(problem, conf, out, markers, marker_info, progress, start)
+    except KeyboardInterrupt as err:
+        done = [name for name in FILES if _stamp(out / name) not in (None, before[name])]
+        raise Interrupted(f"{len(done)} of {len(FILES)} files written to {out}"
+                          + (f" ({', '.join(done)})" if done else "")
+                          + "; the same command writes them all again") from err
+
+
+def _run(problem: Problem, conf: dict[str, Any], out: Path, markers, marker_info,
+         progress: Callable[[str], None] | None, start: float) -> dict[str, Any]:
+    """The work of :func:`reproduce`, after its checks."""
+    from . import plots
+    from .sensitivity import budget_curve, simulated_objectives
+
+    names, seed = list(problem.names), conf["seed"]
     steps = 6
 
     def step(i: int, text: str) -> None:
@@ -441,7 +476,7 @@ def reproduce(out="results", *, quick: bool = False, queries: int | None = None,
         "best_uniform_budget": {"continuous": u_cont, "integer": u_int},
         "fig4": fig4,
         "load": load,
-        "files": sorted([*FIGURES.values(), *TABLES.values(), "summary.json", "report.md"]),
+        "files": list(FILES),
     }
     summary["seconds"] = time.perf_counter() - start
     (out / "report.md").write_text(format_markdown(summary), encoding="utf-8")
@@ -623,6 +658,5 @@ def format_summary(summary: dict[str, Any], out) -> str:
         (f"beyond   at λ = {load['arrival_rate'][at]:g}: gain over the best uniform budget {load['gain'][at]:.4f}, "
          f"rounding loss {load['integer_loss'][at]:.2g} (eq. 41 bound {load['bound_gap'][at]:.4f}); rounding loss at "
          f"most {max(load['integer_loss']):.2g} over {len(load['arrival_rate'])} rates up to saturation"),
-        f"wrote {len(summary['files'])} files into {out}: report.md, summary.json, table1.csv, "
-        + ", ".join(f for f in summary["files"] if f.endswith(".png")),
+        f"wrote {len(summary['files'])} files into {out}: " + ", ".join(summary["files"]),
     ])

@@ -21,14 +21,41 @@ thread. A sweep started again with the same arguments finds the finished
 parts, computes only the missing blocks, and writes a Parquet file identical
 to that of an uninterrupted run; when it is complete the parts are removed.
 
+Ctrl-C (a KeyboardInterrupt) while blocks are computed keeps every finished
+block: the blocks already computed are still written, and the sweep raises
+:class:`jaxalloc.errors.Interrupted` saying how many blocks it kept; the same
+call resumes.
+
 Several processes (several hosts under `jax.distributed`, or several local
 processes) split the blocks round robin: process p of P computes blocks
 p, p + P, ... and writes their parts; process 0 then waits for every part and
-writes the Parquet file.
+writes the Parquet file. They meet only in `OUT.parts/`, so several hosts need
+`out` on a filesystem they all share. Without one, process 0 waits for parts it
+never sees and gives up after `JAXALLOC_SWEEP_WAIT` seconds (default a day)
+with an error naming the missing blocks. The protocol:
+
+- Process 0 alone creates, clears and finally removes `OUT.parts/`. It keeps
+  the folder if its `sweep.json` names this sweep (the fingerprint of
+  everything that determines the rows) and resume is on; otherwise it discards
+  the folder (renamed aside, then deleted) and starts a new *run*: an empty
+  folder whose `sweep.json` holds the fingerprint and a new run id.
+- A part holds the fingerprint, the run id and its block index in its Arrow
+  schema metadata, and counts as finished only if it reads back with all three
+  and the block's number of rows. Anything else (a leftover of another sweep or
+  of an earlier run, a truncated file) is computed again and overwritten, never
+  trusted; process 0 never deletes a part of the current run.
+- The other processes wait for a `sweep.json` with this sweep's fingerprint (one
+  with another fingerprint is a leftover that process 0 has yet to replace) and
+  write their parts under its run id. With resume off such a file may still be
+  the previous run's, so a process other than 0 then asks process 0 to admit it
+  (a `join-I.json` request) and starts only once `sweep.json` lists it: the
+  folder is then the one process 0 set up for this run. Start every process
+  with the same arguments.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -36,8 +63,10 @@ import os
 import queue
 import shutil
 import sys
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +77,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .errors import Interrupted
 from .model import Problem, ProblemError, validate
 from .objective import mean_accuracy, mean_system_time, moments, utilization
 from .solution import Status
@@ -220,6 +250,10 @@ class SweepPlan:
     def dtype(self):
         return self.problem.A.dtype
 
+    def rows(self, blocks) -> int:
+        """Points in the given blocks (the last block may be short)."""
+        return sum(min(self.block, self.size - i * self.block) for i in blocks)
+
     def fingerprint(self) -> str:
         """A hash of everything that determines the output rows."""
         from . import __version__
@@ -342,7 +376,7 @@ def _block_table(plan: SweepPlan, index: int, out: dict):
     made of the device buffers (see :func:`_compute_block`)."""
     import pyarrow as pa
 
-    n = min(plan.block, plan.size - index * plan.block)
+    n = plan.rows([index])
     column = lambda parts: pa.chunked_array(parts).slice(0, n)
     cols: dict[str, Any] = {a.name: column(_host_parts(v)) for a, v in zip(plan.axes, out["axes"])}
     for kind, prefix in (("budgets", "budget_"), ("integer_budgets", "integer_budget_")):
@@ -362,35 +396,147 @@ def _block_table(plan: SweepPlan, index: int, out: dict):
 
 # ---------------------------------------------------------------- storage
 
+_PART_KEY = b"jaxalloc.part"
+_META_KEY = b"jaxalloc.sweep"
+
+
+def _parts_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".parts")
+
+
+def _read_json(path: Path) -> dict:
+    """The JSON object in `path`; {} if it is missing or not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write `path` atomically: a temporary name, then a rename."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _remove_dir(folder: Path) -> None:
+    """Delete `folder`, renamed aside first: a process still writing into it
+    can neither make the deletion fail nor write into its successor."""
+    aside = folder.with_name(f"{folder.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(folder, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
 
 class _PartStore:
-    """Finished blocks as Arrow IPC files under `OUT.parts/`, keyed by the plan's fingerprint."""
+    """Finished blocks as Arrow IPC files under `OUT.parts/` (the protocol
+    between processes is in the module docstring).
 
-    def __init__(self, out: Path, plan: SweepPlan, resume: bool, create: bool = True):
-        self.out, self.plan = out, plan
-        self.dir = out.with_name(out.name + ".parts")
-        self.fingerprint = plan.fingerprint()
-        spec = self.dir / "sweep.json"
-        if self.dir.exists() and create:
-            same = spec.exists() and json.loads(spec.read_text()).get("fingerprint") == self.fingerprint
-            if not (same and resume):
-                shutil.rmtree(self.dir)
-        if create and not self.dir.exists():
-            self.dir.mkdir(parents=True)
-            tmp = spec.with_suffix(".tmp")
-            tmp.write_text(json.dumps(dict(fingerprint=self.fingerprint, blocks=plan.num_blocks,
-                                           points=plan.size, columns=plan.column_names())))
-            os.replace(tmp, spec)
+    `spec` is the content of `sweep.json`, which only process 0 writes: the
+    sweep's fingerprint, the run id, and `joined` (process index → the request
+    id of each process admitted, see :meth:`join`)."""
+
+    def __init__(self, out: Path, plan: SweepPlan, spec: dict):
+        self.plan, self.spec, self.dir = plan, spec, _parts_dir(out)
+
+    @classmethod
+    def create(cls, out: Path, plan: SweepPlan, resume: bool) -> tuple[_PartStore, int]:
+        """Process 0's side: keep the folder if it holds this sweep and `resume`,
+        else start a new run in an empty folder. Returns the store and the number
+        of finished blocks of a different sweep that were discarded."""
+        folder, fingerprint = _parts_dir(out), plan.fingerprint()
+        old = _read_json(folder / "sweep.json")
+        if resume and old.get("fingerprint") == fingerprint and "run" in old:
+            return cls(out, plan, old), 0
+        discarded = 0
+        if folder.exists():
+            if old.get("fingerprint") != fingerprint:  # with --no-resume the same sweep's blocks are no news
+                discarded = sum(1 for _ in folder.glob("block-*.arrow"))
+            _remove_dir(folder)
+        folder.mkdir(exist_ok=True)
+        store = cls(out, plan, {"fingerprint": fingerprint, "run": uuid.uuid4().hex, "blocks": plan.num_blocks,
+                                "points": plan.size, "columns": plan.column_names(), "joined": {}})
+        store._write_spec()
+        return store, discarded
+
+    @classmethod
+    def join(cls, out: Path, plan: SweepPlan, resume: bool, index: int) -> _PartStore | None:
+        """The side of process `index` > 0: wait (up to JAXALLOC_SWEEP_WAIT s) for
+        process 0's `sweep.json` of this sweep and take its run; None if this
+        sweep's finished Parquet file turns up instead (with `resume`). Without
+        `resume`, the `sweep.json` must also list this call's request, which it
+        writes as `join-<index>.json` (again whenever process 0 discarded the
+        folder holding it) and process 0 answers (:meth:`admit`)."""
+        folder, fingerprint = _parts_dir(out), plan.fingerprint()
+        request_id = None if resume else uuid.uuid4().hex
+        request = folder / f"join-{index}.json"
+
+        def ready():
+            if resume and _finished_fingerprint(out) == fingerprint:
+                return "finished"
+            spec = _read_json(folder / "sweep.json")
+            if spec.get("fingerprint") != fingerprint or "run" not in spec:
+                return None  # nothing yet, or a leftover of another sweep that process 0 will replace
+            if request_id is None or spec.get("joined", {}).get(str(index)) == request_id:
+                return spec
+            if not request.exists():
+                with contextlib.suppress(FileNotFoundError):  # the folder is being replaced: next time
+                    _write_json(request, {"fingerprint": fingerprint, "request": request_id})
+            return None
+
+        def waiting() -> str:
+            spec = _read_json(folder / "sweep.json")
+            why = ("it holds no sweep.json" if not spec else
+                   "its sweep.json is of a different sweep" if spec.get("fingerprint") != fingerprint else
+                   "process 0 has not admitted this run started with resume off")
+            return (f"process 0 to start this sweep in {str(folder)!r} ({why}); process 0 must run the same "
+                    "sweep, with out on a filesystem every host sees")
+
+        found = _wait_for(ready, waiting)
+        return None if found == "finished" else cls(out, plan, found)
+
+    def admit(self) -> None:
+        """Process 0: list the join requests of this sweep in `sweep.json`."""
+        joined = self.spec.setdefault("joined", {})
+        new = {}
+        for request in self.dir.glob("join-*.json"):
+            data, index = _read_json(request), request.stem.removeprefix("join-")
+            if data.get("fingerprint") == self.spec["fingerprint"] and joined.get(index) != data.get("request"):
+                new[index] = data.get("request")
+        if new:
+            joined.update(new)
+            self._write_spec()
+
+    def same_run(self) -> bool:
+        """False if process 0 has since started another run of this sweep (it
+        was started with resume off, this process with resume on)."""
+        now = _read_json(self.dir / "sweep.json")
+        return now.get("fingerprint") != self.spec["fingerprint"] or now.get("run") == self.spec["run"]
+
+    def _write_spec(self) -> None:
+        _write_json(self.dir / "sweep.json", self.spec)
 
     def path(self, i: int) -> Path:
         return self.dir / f"block-{i:06d}.arrow"
 
-    def done(self, i: int) -> bool:
-        return self.path(i).exists()
+    def _tag(self, i: int) -> dict:
+        return {"fingerprint": self.spec["fingerprint"], "run": self.spec["run"], "block": i}
+
+    def valid(self, i: int) -> bool:
+        """Block `i` has a part of this run: its metadata match and it has the block's rows."""
+        import pyarrow as pa
+
+        try:
+            table = self.read(i)
+            tag = json.loads((table.schema.metadata or {}).get(_PART_KEY, b"null"))
+        except (OSError, ValueError, pa.ArrowException):  # missing, truncated, not Arrow
+            return False
+        return tag == self._tag(i) and table.num_rows == self.plan.rows([i])
 
     def write(self, i: int, table) -> None:
         import pyarrow as pa
 
+        table = table.replace_schema_metadata({_PART_KEY: json.dumps(self._tag(i))})
         tmp = self.path(i).with_suffix(f".tmp{os.getpid()}")
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
@@ -402,8 +548,8 @@ class _PartStore:
         with pa.memory_map(str(self.path(i)), "r") as source:
             return pa.ipc.open_file(source).read_all()
 
-
-_META_KEY = b"jaxalloc.sweep"
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _finished_fingerprint(path: Path) -> str | None:
@@ -418,8 +564,10 @@ def _finished_fingerprint(path: Path) -> str | None:
 
 
 class _ParquetStream:
-    """The final Parquet file, one row group per block, renamed into place when
-    complete; its schema metadata holds the plan's fingerprint and axes."""
+    """The final Parquet file, one row group per block, written under a
+    temporary name and renamed into place when complete (a context manager: on
+    an exception the temporary file is deleted); its schema metadata holds the
+    plan's fingerprint and axes."""
 
     def __init__(self, out: Path, plan: SweepPlan):
         self.out, self.tmp, self.writer = out, out.with_name(out.name + ".tmp"), None
@@ -436,9 +584,40 @@ class _ParquetStream:
                                            use_dictionary=["status"], write_statistics=True)
         self.writer.write_table(table, row_group_size=table.num_rows)
 
-    def close(self) -> None:
-        self.writer.close()
-        os.replace(self.tmp, self.out)
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if kind is None:
+            os.replace(self.tmp, self.out)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def _check_out(path: Path) -> None:
+    """Raise SweepError unless `path` names a Parquet file in an existing folder."""
+    if path.suffix != ".parquet":
+        raise SweepError(f"out = {str(path)!r}: expected a .parquet file name")
+    if not path.parent.is_dir():
+        raise SweepError(f"out = {str(path)!r}: directory {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise SweepError(f"out = {str(path)!r}: is a directory")
+
+
+def _check_writable(path: Path) -> None:
+    """Raise SweepError, before any work, unless files can be created next to `path`."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise _out_error(path, f"cannot create files in {str(path.parent)!r}", err) from None
+
+
+def _out_error(path: Path, what: str, err: OSError) -> SweepError:
+    return SweepError(f"out = {str(path)!r}: {what}: {err.strerror or err}")
 
 
 # ---------------------------------------------------------------- the driver
@@ -463,7 +642,11 @@ class SweepResult:
     `status_counts` (label → rows, over the blocks this process computed or
     read), `seconds` (wall time of this call), `computed_points` (points
     solved by this call; fewer than the sweep's on a resume), `complete`
-    (the output holds every row; False on a process other than 0).
+    (the output holds every row; False on a process other than 0),
+    `already_complete` (the file already held this sweep: nothing was done),
+    `discarded_blocks` (finished blocks of a different sweep found in
+    `OUT.parts/` and deleted), `replaced_file` (the output file held a
+    different sweep, now replaced).
     """
 
     plan: SweepPlan
@@ -473,6 +656,9 @@ class SweepResult:
     seconds: float
     computed_points: int
     complete: bool
+    already_complete: bool = False
+    discarded_blocks: int = 0
+    replaced_file: bool = False
 
     @property
     def points_per_second(self) -> float:
@@ -499,7 +685,9 @@ class SweepResult:
                     dtype=str(self.plan.dtype), blocks=self.plan.num_blocks, devices=self.plan.devices,
                     computed_points=self.computed_points,
                     seconds=self.seconds, points_per_second=self.points_per_second,
-                    status_counts=self.status_counts, complete=self.complete)
+                    status_counts=self.status_counts, complete=self.complete,
+                    already_complete=self.already_complete, discarded_blocks=self.discarded_blocks,
+                    replaced_file=self.replaced_file)
 
 
 def _progress_bar(total: int, initial: int, enabled: bool | None, desc: str):
@@ -532,7 +720,8 @@ def sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "newton", 
     - `dtype`: e.g. `jnp.float32` for speed (about 2× on a CPU; budgets agree
       with float64 to a few hundredths of a token); default the problem's.
     - `out`: Parquet path; without it the rows are returned in memory.
-    - `resume`: reuse finished blocks of an interrupted run of the same sweep.
+    - `resume`: reuse finished blocks of an interrupted run of the same sweep
+      (and return at once if `out` already holds it).
     - `progress`: show a progress bar (default: when stderr is a terminal).
     - `block`, `chunk`, `devices`: points per compiled call (and per row
       group), points vmapped together, local devices to use (default all).
@@ -541,10 +730,14 @@ def sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "newton", 
       chunks of at most about 24,576 / N points, so that padding is small.
     - `process_index`, `process_count`: this process's share of the blocks
       (default `jax.process_index()` / `jax.process_count()`); needs `out`.
-    - `on_block`: called with each block index when its part is written.
+    - `on_block`: called with each block index when its part is written
+      (in a background thread; what it raises stops the sweep).
 
     **Returns:** a :class:`SweepResult`. Bad axes raise :class:`SweepError`,
-    a bad base problem :class:`~jaxalloc.model.ProblemError`.
+    a bad base problem :class:`~jaxalloc.model.ProblemError`; so does an `out`
+    that cannot be written (:class:`SweepError`, before any work, or when a
+    write fails). Ctrl-C raises :class:`jaxalloc.errors.Interrupted` once the
+    finished blocks are written.
     """
     t_start = time.perf_counter()
     plan = plan_sweep(problem, axes, method=method, integer=integer, dtype=dtype, block=block, chunk=chunk,
@@ -556,104 +749,216 @@ def sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "newton", 
     if p_count > 1 and out is None:
         raise SweepError("sweep: several processes need an output path (out=...)")
     path = None if out is None else Path(out)
-    if path is not None and path.suffix != ".parquet":
-        raise SweepError(f"out = {str(path)!r}: expected a .parquet file name")
-    if path is not None and not path.parent.is_dir():
-        raise SweepError(f"out = {str(path)!r}: directory {str(path.parent)!r} does not exist")
-
-    if path is not None and resume and path.exists() and _finished_fingerprint(path) == plan.fingerprint():
-        import pyarrow.parquet as pq  # the same sweep is already complete: nothing to do
-
-        counts = _status_counts(pq.read_table(path, columns=["status"]))
-        return SweepResult(plan, path, None, _count_labels(counts), time.perf_counter() - t_start, 0, True)
-    solver = get_solver(method)
-    values = tuple(jnp.asarray(a.values, plan.dtype) for a in plan.axes)
-    targets = tuple((a.field, a.task) for a in plan.axes)
-    mine = [i for i in range(plan.num_blocks) if i % p_count == p_index]
-    store = None if path is None else _PartStore(path, plan, resume, create=p_index == 0 or p_count == 1)
-    if store is not None and not store.dir.exists():  # another process creates it
-        _wait_for(lambda: (store.dir / "sweep.json").exists(), "the parts directory")
-        store = _PartStore(path, plan, resume, create=False)
-    todo = [i for i in mine if store is None or not store.done(i)]
-    final = path is not None and p_index == 0
-    stream = _ParquetStream(path, plan) if final and p_count == 1 else None
-
-    counts = np.zeros(len(Status), np.int64)
-    tables: list = []
-    rows = lambda blocks: sum(min(plan.block, plan.size - i * plan.block) for i in blocks)
-    bar = _progress_bar(rows(mine), rows(set(mine) - set(todo)), progress, f"sweep {plan.size:,} points")
-    work: queue.Queue = queue.Queue(maxsize=2)  # bounds memory: at most two blocks in flight
-    errors: list[BaseException] = []
-
-    def consume():
-        try:
-            while (item := work.get()) is not None:
-                i, result = item
-                table = store.read(i) if result is None else _block_table(plan, i, result)
-                if result is not None:
-                    if store is not None:
-                        store.write(i, table)
-                    bar.update(table.num_rows)
-                    if on_block is not None:
-                        on_block(i)
-                counts[:] += _status_counts(table)
-                if stream is not None:
-                    stream.write(table)
-                elif store is None:
-                    tables.append(table)
-        except BaseException as err:  # surfaced in the main thread
-            errors.append(err)
-            while work.get() is not None:
-                pass
-
-    writer = threading.Thread(target=consume, daemon=True)
-    writer.start()
-    todo_set = set(todo)
+    if path is not None:
+        _check_out(path)
+        if resume and _finished_fingerprint(path) == plan.fingerprint():
+            return _finished_result(plan, path, t_start)
+        _check_writable(path)
     try:
-        for i in (range(plan.num_blocks) if stream is not None or store is None else mine):
-            if errors:
-                break
-            if i not in todo_set:
-                if stream is not None:
-                    work.put((i, None))
-                continue
-            start = jnp.asarray(i * plan.block, jnp.int64 if jax.config.jax_enable_x64 else jnp.int32)
-            result = _compute_block_jit(plan.problem, values, start, targets, plan.shape, solver, plan.integer,
-                                        plan.block, plan.chunk, plan.devices)
-            work.put((i, result))
+        return _run(plan, path, resume, p_index, p_count, progress, on_block, t_start)
+    except OSError as err:
+        if path is None:
+            raise
+        raise _out_error(path, "writing failed", err) from err
+
+
+def _finished_result(plan: SweepPlan, path: Path, t_start: float) -> SweepResult:
+    """The result of a sweep whose file is already complete: nothing to do."""
+    import pyarrow.parquet as pq
+
+    counts = _status_counts(pq.read_table(path, columns=["status"]))
+    return SweepResult(plan, path, None, _count_labels(counts), time.perf_counter() - t_start, 0, True,
+                       already_complete=True)
+
+
+def _run(plan: SweepPlan, path: Path | None, resume: bool, p_index: int, p_count: int, progress, on_block,
+         t_start: float) -> SweepResult:
+    """:func:`sweep` after its checks: set up the parts, solve this process's
+    blocks, and (process 0) write the Parquet file."""
+    first, several = p_index == 0, p_count > 1
+    store, discarded, replaced = None, 0, False
+    if path is not None and first:
+        replaced = path.exists() and _finished_fingerprint(path) != plan.fingerprint()
+        store, discarded = _PartStore.create(path, plan, resume)
+    elif path is not None:
+        store = _PartStore.join(path, plan, resume, p_index)
+        if store is None:  # process 0 finished the file meanwhile
+            return _finished_result(plan, path, t_start)
+    mine = range(p_index, plan.num_blocks, p_count)
+    done = {i for i in mine if resume and store is not None and store.valid(i)}
+    finished: list[int] = []
+    bar = _progress_bar(plan.rows(mine), plan.rows(done), progress, f"sweep {plan.size:,} points")
+    try:
+        with contextlib.ExitStack() as stack:
+            if first and several:
+                stack.enter_context(_admitting(store))
+            stream = stack.enter_context(_ParquetStream(path, plan)) if path is not None and not several else None
+            writer = _Writer(plan, store, stream, bar, on_block, finished)
+            _solve_blocks(plan, mine, done, writer)
+            counts = _gather(store, path, plan, p_count) if first and several else writer.counts
+    except KeyboardInterrupt as err:
+        if store is None:
+            raise
+        who = f" (process {p_index} of {p_count})" if several else ""
+        raise Interrupted(f"{len(done) + len(finished)} of {len(mine)} blocks kept{who}; "
+                          "run the same command to resume") from err
     finally:
-        work.put(None)
-        writer.join()
         bar.close()
-    if errors:
-        raise errors[0]
-
-    if stream is not None:
-        stream.close()
-    elif final:  # several processes: wait for all parts, then write the file from them
-        _wait_for(lambda: all(store.done(i) for i in range(plan.num_blocks)), "the other processes' blocks")
-        stream = _ParquetStream(path, plan)
-        counts[:] = 0
-        for i in range(plan.num_blocks):
-            table = store.read(i)
-            counts[:] += _status_counts(table)
-            stream.write(table)
-        stream.close()
-    complete = store is None or final  # in memory, or the process that wrote the file
-    if complete and store is not None:
-        shutil.rmtree(store.dir, ignore_errors=True)
-
+    if store is not None and first:
+        store.remove()
+    elif store is not None and not store.same_run():
+        raise SweepError(f"sweep: process 0 started this sweep over (resume off) while process {p_index} ran "
+                         "with resume on: start every process with the same arguments")
     import pyarrow as pa
 
-    table = pa.concat_tables(tables) if store is None else None
-    return SweepResult(plan, path, table, _count_labels(counts),
-                       time.perf_counter() - t_start, rows(todo), complete)
+    table = pa.concat_tables(writer.tables) if store is None else None
+    return SweepResult(plan, path, table, _count_labels(counts), time.perf_counter() - t_start,
+                       plan.rows(set(mine) - done), store is None or first,
+                       discarded_blocks=discarded, replaced_file=replaced)
 
 
-def _wait_for(ready: Callable[[], bool], what: str, timeout: float | None = None) -> None:
-    timeout = float(os.environ.get("JAXALLOC_SWEEP_WAIT", "86400")) if timeout is None else timeout
+class _Writer:
+    """A background thread that stores each computed block while the next one
+    computes: as a part, as a row group of `stream`, or in `tables` (in memory).
+
+    `finished` collects the blocks computed and stored; `counts` the status
+    counts of every block handed over; `error` the first exception, after
+    which the thread only drains the queue, except after a KeyboardInterrupt
+    (from `on_block`): like Ctrl-C, that one still lets it store the blocks
+    already computed."""
+
+    def __init__(self, plan: SweepPlan, store: _PartStore | None, stream: _ParquetStream | None, bar,
+                 on_block, finished: list[int]):
+        self.plan, self.store, self.stream, self.bar, self.on_block = plan, store, stream, bar, on_block
+        self.finished = finished
+        self.counts = np.zeros(len(Status), np.int64)
+        self.tables: list = []
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=2)  # bounds memory: at most two blocks waiting
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def put(self, i: int, result: dict | None) -> None:
+        """Hand over block `i`: its computed columns, or None to read its part."""
+        self._queue.put((i, result))
+
+    def close(self) -> None:
+        """Store every block handed over (unless the thread stopped), then stop it."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self.error is None or isinstance(self.error, KeyboardInterrupt):
+                try:
+                    self._store(*item)
+                except BaseException as err:  # noqa: BLE001 - raised again in the main thread
+                    self.error = self.error or err
+
+    def _store(self, i: int, result: dict | None) -> None:
+        table = self.store.read(i) if result is None else _block_table(self.plan, i, result)
+        if result is not None:
+            if self.store is not None:
+                self.store.write(i, table)
+            self.finished.append(i)
+            self.bar.update(table.num_rows)
+            if self.on_block is not None and self.error is None:
+                self.on_block(i)
+        self.counts += _status_counts(table)
+        if self.stream is not None:
+            self.stream.write(table)
+        elif self.store is None:
+            self.tables.append(table)
+
+
+def _solve_blocks(plan: SweepPlan, blocks, done: set[int], writer: _Writer) -> None:
+    """Compute `blocks` in order and hand them to `writer` (a block in `done` as
+    None: its part is read back). On any exception, Ctrl-C included, the blocks
+    already handed over are stored before it propagates."""
+    try:
+        solver = get_solver(plan.method)
+        values = tuple(jnp.asarray(a.values, plan.dtype) for a in plan.axes)
+        targets = tuple((a.field, a.task) for a in plan.axes)
+        itype = jnp.int64 if jax.config.jax_enable_x64 else jnp.int32
+        for i in blocks:
+            if writer.error is not None:
+                break
+            if i in done:
+                writer.put(i, None)
+                continue
+            writer.put(i, _compute_block_jit(plan.problem, values, jnp.asarray(i * plan.block, itype), targets,
+                                             plan.shape, solver, plan.integer, plan.block, plan.chunk, plan.devices))
+    finally:
+        writer.close()
+    if writer.error is not None:
+        raise writer.error
+
+
+@contextlib.contextmanager
+def _admitting(store: _PartStore):
+    """Process 0 of several: answer join requests (:meth:`_PartStore.admit`)
+    every 0.2 s while the body runs."""
+    stop = threading.Event()
+
+    def loop():
+        while True:
+            with contextlib.suppress(OSError):  # e.g. a full disk: the waiting process says so in the end
+                store.admit()
+            if stop.wait(0.2):
+                return
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _gather(store: _PartStore, path: Path, plan: SweepPlan, p_count: int) -> np.ndarray:
+    """Process 0 of several: wait for every block's part of this run, then write
+    the Parquet file from them. Returns the status counts."""
+    ready: set[int] = set()
+
+    def all_ready() -> bool:
+        ready.update(i for i in range(plan.num_blocks) if i not in ready and store.valid(i))
+        return len(ready) == plan.num_blocks
+
+    def waiting() -> str:
+        missing = sorted(set(range(plan.num_blocks)) - ready)
+        owners = sorted({i % p_count for i in missing})
+        return (f"block{'s' if len(missing) > 1 else ''} {_some(missing)} (process{'es' if len(owners) > 1 else ''} "
+                f"{_some(owners)}) in {str(store.dir)!r}; several hosts need out on a filesystem they all share")
+
+    _wait_for(all_ready, waiting)
+    counts = np.zeros(len(Status), np.int64)
+    with _ParquetStream(path, plan) as stream:
+        for i in range(plan.num_blocks):
+            table = store.read(i)
+            counts += _status_counts(table)
+            stream.write(table)
+    return counts
+
+
+def _some(numbers: list[int], most: int = 10) -> str:
+    """`1, 3, 5`, or the first `most` and how many in all."""
+    text = ", ".join(map(str, numbers[:most]))
+    return text if len(numbers) <= most else f"{text}, ... ({len(numbers)} in all)"
+
+
+def _wait_for(ready: Callable[[], Any], what: Callable[[], str]) -> Any:
+    """Call `ready` every 0.2 s until it returns something true, and return that;
+    after JAXALLOC_SWEEP_WAIT seconds (default a day) raise :class:`SweepError`
+    saying what it waited for (`what()`)."""
+    text = os.environ.get("JAXALLOC_SWEEP_WAIT", "86400")
+    try:
+        timeout = float(text)
+    except ValueError:
+        raise SweepError(f"JAXALLOC_SWEEP_WAIT = {text!r}: expected a number of seconds") from None
     deadline = time.monotonic() + timeout
-    while not ready():
+    while not (found := ready()):
         if time.monotonic() > deadline:
-            raise SweepError(f"sweep: gave up waiting for {what} after {timeout:g} s")
+            raise SweepError(f"sweep: gave up after {timeout:g} s (JAXALLOC_SWEEP_WAIT) waiting for {what()}")
         time.sleep(0.2)
+    return found

@@ -1,5 +1,6 @@
 """The `jaxalloc solve` command line: output for people and programs, one-line errors."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -170,3 +171,188 @@ def test_command_uses_every_core_and_keeps_compiled_programs(tmp_path):
                          capture_output=True, text=True, env=env, timeout=300)
     assert one.returncode == 0, one.stderr
     assert json.loads(one.stdout)["devices"] == 1
+
+
+# ---------------------------------------------------------------- hardening: every failure is one line
+
+PAPER_INTEGER = "0,341,0,0,346,30"  # the paper profile's optimal integer budgets: simulate skips the solve
+
+
+def one_line(err: str, start: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(start), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def unwritable(tmp_path, kind: str) -> str:
+    """A path that cannot be written: in /proc, an existing folder, or in a missing folder."""
+    if kind == "proc":
+        if not os.path.isdir("/proc"):
+            pytest.skip("no /proc")
+        return "/proc/jaxalloc-test"
+    if kind == "folder":
+        (tmp_path / "taken.png").mkdir()
+        (tmp_path / "taken.csv").mkdir()
+        return str(tmp_path / "taken")
+    return str(tmp_path / "missing" / "x")
+
+
+def refuse(*names):
+    """Replace functions that do the work: the test fails if they are reached."""
+    def reached(*args, **kwargs):
+        raise AssertionError("work started before the output path was checked")
+    return [(name, reached) for name in names]
+
+
+@pytest.mark.parametrize("kind, reason", [("proc", "No such file or directory"), ("folder", "it is a directory"),
+                                          ("missing", f"no such directory {{tmp}}{os.sep}missing")])
+def test_sensitivity_out_that_cannot_be_written(tmp_path, monkeypatch, capsys, kind, reason):
+    for name, fn in refuse("budget_curve", "parameter_curve"):
+        monkeypatch.setattr(importlib.import_module("jaxalloc.sensitivity"), name, fn)
+    prefix = unwritable(tmp_path, kind)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["sensitivity", "--task", "GSM8K", "--range", "0:10:3", "--out", prefix]) == 2
+    line = one_line(capsys.readouterr().err, "error: --out: cannot write ")
+    assert prefix in line and line.endswith(reason.format(tmp=tmp_path)), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_sensitivity_out_that_names_a_folder(tmp_path, capsys):
+    assert main(["sensitivity", "--param", "alpha", "--range", "1:2:2", "--out", f"{tmp_path}{os.sep}"]) == 2
+    assert "a folder; give a file prefix" in one_line(capsys.readouterr().err, "error: --out = ")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind, reason", [("proc", "No such file or directory"), ("folder", "it is a directory"),
+                                          ("missing", f"no such directory {{tmp}}{os.sep}missing")])
+def test_simulate_plot_that_cannot_be_written(tmp_path, monkeypatch, capsys, kind, reason):
+    monkeypatch.setattr(importlib.import_module("jaxalloc.simulate"), "simulate", refuse("simulate")[0][1])
+    path = unwritable(tmp_path, kind) + ".png"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["simulate", "--budgets", PAPER_INTEGER, "--plot", path]) == 2
+    line = one_line(capsys.readouterr().err, f"error: --plot: cannot write {path}: ")
+    assert line.endswith(reason.format(tmp=tmp_path)), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_simulate_plot_says_what_it_wrote(tmp_path, capsys):
+    png = tmp_path / "hist.png"
+    args = ["simulate", "--budgets", PAPER_INTEGER, "--queries", "1000", "--replications", "2", "--plot", str(png)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == f"wrote {png}" and out.count("wrote") == 1
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png.unlink()
+    assert main([*args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)  # stdout is the JSON alone
+    assert report["plot"] == str(png) and png.is_file()
+
+
+def test_an_os_error_that_escapes_a_command_is_one_line(monkeypatch, capsys):
+    import jaxalloc.cli
+
+    def fails(args):
+        raise IsADirectoryError(21, "Is a directory", "/somewhere/summary.json")
+
+    monkeypatch.setattr(jaxalloc.cli, "_cmd_verify", fails)
+    assert main(["verify"]) == 2
+    assert one_line(capsys.readouterr().err, "error:") == "error: /somewhere/summary.json: Is a directory"
+
+
+@pytest.mark.parametrize("command, args, patch, expected", [
+    ("simulate", ["--budgets", PAPER_INTEGER], "jaxalloc.simulate:simulate", "interrupted: nothing written"),
+    ("verify", ["--points", "5"], "jaxalloc.verify:verify", "interrupted: nothing written"),
+    # a command that keeps work it finished says what it kept by raising Interrupted; without it, just this
+    ("sweep", ["--arrival-rate", "0.1:0.2:2", "--out", "{tmp}/s.parquet"], "jaxalloc.cli:_cmd_sweep", "interrupted"),
+])
+def test_ctrl_c_is_one_line_and_status_130(tmp_path, monkeypatch, capsys, command, args, patch, expected):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    module, name = patch.split(":")  # the package's names shadow some modules: jaxalloc.simulate is a function
+    monkeypatch.setattr(importlib.import_module(module), name, interrupted)
+    assert main([command, *(a.format(tmp=tmp_path) for a in args)]) == 130
+    captured = capsys.readouterr()
+    assert one_line(captured.err, "interrupted") == expected and captured.out == ""
+
+
+def test_ctrl_c_says_what_long_work_kept(monkeypatch, capsys):
+    import jaxalloc.cli
+    from jaxalloc.errors import Interrupted
+
+    def interrupted(args):
+        raise Interrupted("3 of 8 blocks kept; run the same command to resume")
+
+    monkeypatch.setattr(jaxalloc.cli, "_cmd_solve", interrupted)
+    assert main(["solve"]) == 130
+    assert capsys.readouterr().err == "interrupted: 3 of 8 blocks kept; run the same command to resume\n"
+
+
+def test_ctrl_c_in_a_real_process():
+    """SIGINT to a running `jaxalloc simulate` (entry(), the console script's function; a
+    simulation of about a minute): status 130, one line, no traceback, promptly."""
+    import signal
+    import time
+
+    argv = ["simulate", "--queries", "1000000", "--replications", "200"]
+    code = ("import sys; from jaxalloc.cli import entry; print('ready', file=sys.stderr, flush=True); "
+            f"sys.argv[1:] = {argv!r}; entry()")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    try:
+        assert proc.stderr.readline() == "ready\n"  # imports done: the signal lands inside main()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert err == "interrupted: nothing written\n" and out == ""
+
+
+def test_a_reader_that_leaves_early_is_no_error():
+    """`jaxalloc solve --json | head -c 1`: the reader has gone before the command writes;
+    the command ends quietly, with status 141 (128 + SIGPIPE), as `seq 1000000 | head -1` does."""
+    proc = subprocess.Popen([sys.executable, "-m", "jaxalloc.cli", "solve", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    proc.stdout.close()  # no reader left: every write to stdout fails with EPIPE
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141, err
+    assert err == ""  # no traceback, no "BrokenPipeError", no "Exception ignored"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["solve", "--arrival-rate", "-0.1"], "arrival_rate = -0.1: must be > 0"),
+    (["solve", "--arrival-rate", "-1e-3"], "arrival_rate = -0.001: must be > 0"),
+    (["solve", "--alpha", "-inf"], "alpha = -inf"),
+    (["sweep", "--arrival-rate", "-0.1:0.2:10", "--out", "{tmp}/s.parquet", "--no-figures"], "-0.1"),
+])
+def test_a_value_with_a_minus_sign_reaches_validation(tmp_path, capsys, args, needle):
+    assert main([a.format(tmp=tmp_path) for a in args]) == 2
+    line = one_line(capsys.readouterr().err, "error:")
+    assert needle in line and "expected one argument" not in line, line
+    if args[0] == "sweep":
+        assert "arrival_rate" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_version(capsys):
+    import re
+    from pathlib import Path
+
+    import jaxalloc
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert re.search(r'^version = "(.+)"$', pyproject, re.MULTILINE).group(1) == jaxalloc.__version__
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"jaxalloc {jaxalloc.__version__}\n"
+
+
+def test_plot_help_does_not_ask_for_an_extra(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["simulate", "--help"])
+    assert exit_.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--plot FILE.png also write a histogram of the system times (PNG)" in help_text
+    assert "jaxalloc[plots]" not in help_text

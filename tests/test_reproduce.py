@@ -2,6 +2,7 @@
 
 import contextlib
 import csv
+import importlib
 import io
 import json
 import struct
@@ -16,11 +17,13 @@ import jaxalloc as ja
 from jaxalloc.cli import main
 from jaxalloc.reproduce import (
     FIGURES,
+    FILES,
     PAPER_TABLE_I,
     best_uniform_budget,
     printed_half_unit,
 )
 
+reproduce_module = importlib.import_module("jaxalloc.reproduce")
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "calibration" / "example_measurements.csv"
 
@@ -179,3 +182,51 @@ def test_bad_input_is_one_error_line(tmp_path, capsys, args, message):
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], captured.err
     assert captured.out == ""
     assert target.read_text() == "not a folder" and not new.exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_summary_lists_every_file_written(run):
+    out, summary, stdout, _ = run
+    last = stdout.strip().splitlines()[-1]
+    head, _, listed = last.partition(": ")
+    names = listed.split(", ")
+    assert head == f"wrote {len(FILES)} files into {out}" and names == summary["files"] == FILES
+    assert sorted(p.name for p in out.iterdir()) == FILES  # and nothing else
+
+
+@pytest.mark.parametrize("where, message", [
+    ("/proc/jaxalloc-test", "cannot write into it: "),  # cannot be created
+    ("/proc", "cannot write into it: "),  # exists, but nothing can be written into it
+    ("{tmp}/taken", "cannot write summary.json: a directory of that name is there"),
+])
+def test_out_that_cannot_be_written(tmp_path, monkeypatch, capsys, where, message):
+    if where.startswith("/proc") and not Path("/proc").is_dir():
+        pytest.skip("no /proc")
+    (tmp_path / "taken" / "summary.json").mkdir(parents=True)
+    monkeypatch.setattr(reproduce_module, "_run", lambda *a, **k: pytest.fail("work started before the check"))
+    out = where.format(tmp=tmp_path)
+    assert main(["reproduce", "--out", out, "--quick"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"error: out = '{out}': {message}") and captured.err.count("\n") == 1, captured.err
+    assert captured.out == "" and sorted(p.name for p in (tmp_path / "taken").iterdir()) == ["summary.json"]
+
+
+def test_ctrl_c_says_which_files_were_written(tmp_path, monkeypatch, capsys):
+    """Ctrl-C after Fig. 2: one line naming the one file written in this run (not load.csv,
+    left by an earlier run), status 130. Step 1's analysis and the simulation are replaced,
+    to stop there quickly."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reproduce_module, "rounding_analysis", lambda problem, budgets: {})
+    monkeypatch.setattr(importlib.import_module("jaxalloc.sensitivity"), "simulated_objectives", interrupted)
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "load.csv").write_text("an earlier run")
+    assert main(["reproduce", "--out", str(out), "--quick"]) == 130
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err
+    assert captured.err.splitlines()[-1] == (
+        f"interrupted: 1 of {len(FILES)} files written to {out} ({FIGURES['fig2']}); "
+        "the same command writes them all again")
+    assert sorted(p.name for p in out.iterdir()) == sorted([FIGURES["fig2"], "load.csv"])

@@ -1,12 +1,15 @@
 """Sweeps: rows equal single solves, statuses instead of NaN, Parquet output,
 resume after SIGKILL, sharding over devices and processes, bad grids."""
 
+import errno
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +19,7 @@ import pytest
 
 import jaxalloc as ja
 from jaxalloc.cli import main
+from jaxalloc.errors import Interrupted
 from jaxalloc.solve import solve_batch, solve_point
 from jaxalloc.solvers.integer import integer_budgets
 from jaxalloc.sweep import SweepError, parse_range, plan_sweep, sweep
@@ -184,7 +188,7 @@ def test_default_blocks_are_equal_bounded_and_barely_padded(paper):
     (["--alpha", "x:y:z"], "--alpha = 'x:y:z': expected START:STOP:NUM"),
     (["--arrival-rate", "0:0.2:5"], "arrival_rate = 0: must be > 0"),
     (["--arrival-rate=-1:0.2:5"], "value -1 is invalid"),
-    (["--arrival-rate", "-1:0.2:5"], "expected one argument"),
+    (["--arrival-rate", "-1:0.2:5"], "value -1 is invalid"),  # a value may start with a minus sign
     (["--axis", "b:nope=0.1:0.2:3"], "unknown task 'nope'"),
     (["--axis", "b:GSM8K"], "expected FIELD:TASK=START:STOP:NUM"),
     ([], "give at least one axis"),
@@ -218,6 +222,242 @@ def test_cli_sweep_json_and_figures(tmp_path):
     assert three.returncode == 0, three.stderr
     assert json.loads(three.stdout)["figures"] == [] and "figures need 1 or 2 axes" in three.stderr
     assert pq.read_table(tmp_path / "t.parquet").num_rows == 8
+
+
+# ---------------------------------------------------------------- interrupts, damaged parts, several processes
+
+
+def _parts(out):
+    """Names of the block parts next to `out`."""
+    return sorted(p.name for p in out.with_name(out.name + ".parts").glob("block-*.arrow"))
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory, paper, grid):
+    """The bytes of an uninterrupted one-process sweep of `grid` in 3 blocks (16, 16, 3 points)."""
+    out = tmp_path_factory.mktemp("whole") / "whole.parquet"
+    sweep(paper, grid, out=out, block=16)
+    return out.read_bytes()
+
+
+def _ctrl_c_at(monkeypatch, block):
+    """Ctrl-C (a KeyboardInterrupt in the main thread) when block `block` (of 16 points) starts computing."""
+    module = sys.modules["jaxalloc.sweep"]
+    compute = module._compute_block_jit
+
+    def interrupted(*args):
+        if int(args[2]) == 16 * block:
+            raise KeyboardInterrupt
+        return compute(*args)
+
+    monkeypatch.setattr(module, "_compute_block_jit", interrupted)
+
+
+def test_ctrl_c_in_on_block_keeps_finished_blocks_and_resumes(tmp_path, paper, grid, whole):
+    out = tmp_path / "s.parquet"
+
+    def stop(i):
+        if i == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted, match=r"^\d of 3 blocks kept; run the same command to resume$") as info:
+        sweep(paper, grid, out=out, block=16, on_block=stop)
+    kept = _parts(out)
+    assert int(str(info.value).split()[0]) == len(kept) and "block-000000.arrow" in kept
+    assert not out.exists() and not (tmp_path / "s.parquet.tmp").exists()
+    assert not list((tmp_path / "s.parquet.parts").glob("*.tmp*"))
+    seen = []
+    res = sweep(paper, grid, out=out, block=16, on_block=seen.append)
+    assert seen == [i for i in range(3) if f"block-{i:06d}.arrow" not in kept]  # only the rest
+    assert res.computed_points == res.plan.rows(seen) and res.complete
+    assert out.read_bytes() == whole
+
+
+def test_ctrl_c_in_main_thread_writes_the_blocks_already_computed(tmp_path, paper, grid, whole, monkeypatch):
+    out = tmp_path / "s.parquet"
+    _ctrl_c_at(monkeypatch, 2)
+    with pytest.raises(Interrupted, match=r"^2 of 3 blocks kept; run the same command to resume$"):
+        sweep(paper, grid, out=out, block=16)
+    assert _parts(out) == ["block-000000.arrow", "block-000001.arrow"]  # both queued for the writer: written
+    assert not (tmp_path / "s.parquet.tmp").exists()
+    monkeypatch.undo()
+    seen = []
+    assert sweep(paper, grid, out=out, block=16, on_block=seen.append).computed_points == 3 and seen == [2]
+    assert out.read_bytes() == whole
+
+
+@pytest.mark.parametrize("damage", ["truncated", "short", "other_sweep", "not_arrow"])
+def test_damaged_part_is_computed_again(tmp_path, paper, grid, whole, monkeypatch, damage):
+    """A part that does not read back whole, with this sweep's fingerprint and run and
+    the block's row count, is not trusted: the block is computed again."""
+    import pyarrow as pa
+
+    out = tmp_path / "s.parquet"
+    _ctrl_c_at(monkeypatch, 2)
+    with pytest.raises(Interrupted):
+        sweep(paper, grid, out=out, block=16)
+    monkeypatch.undo()
+    part = tmp_path / "s.parquet.parts" / "block-000001.arrow"
+    table = pa.ipc.open_file(pa.BufferReader(part.read_bytes())).read_all()
+    if damage == "truncated":
+        part.write_bytes(part.read_bytes()[:-200])
+    elif damage == "not_arrow":
+        part.write_text("not an Arrow file")
+    else:
+        fingerprint = plan_sweep(paper, grid, block=16).fingerprint().encode()
+        meta = {k: v.replace(fingerprint, b"0" * 64) if damage == "other_sweep" else v
+                for k, v in table.schema.metadata.items()}
+        table = table.slice(0, 5 if damage == "short" else 16).replace_schema_metadata(meta)
+        with pa.OSFile(str(part), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+    seen = []
+    res = sweep(paper, grid, out=out, block=16, on_block=seen.append)
+    assert seen == [1, 2] and res.computed_points == 19
+    assert out.read_bytes() == whole
+
+
+def test_two_processes_ignore_a_stale_sweep_in_the_parts_folder(tmp_path, paper, grid, small, whole, monkeypatch):
+    """Leftovers of another sweep at the same path (its sweep.json and its block 1):
+    process 1 waits for process 0 to replace them instead of trusting block 1; process
+    0 discards them, keeps its own blocks, and names the block it waits for."""
+    import pyarrow as pa
+
+    monkeypatch.setenv("JAXALLOC_SWEEP_WAIT", "0.5")
+    out, parts = tmp_path / "s.parquet", tmp_path / "s.parquet.parts"
+    parts.mkdir()
+    (parts / "sweep.json").write_text(json.dumps({"fingerprint": "0" * 64, "blocks": 3}))
+    stale = small.to_table().slice(0, 16)  # rows of another block: wrong if trusted
+    with pa.OSFile(str(parts / "block-000001.arrow"), "wb") as sink, pa.ipc.new_file(sink, stale.schema) as w:
+        w.write_table(stale)
+    seen = {0: [], 1: []}
+    run = lambda p: sweep(paper, grid, out=out, block=16, process_index=p, process_count=2, on_block=seen[p].append)
+
+    with pytest.raises(SweepError, match="waiting for process 0 to start this sweep.*of a different sweep"):
+        run(1)
+    assert seen[1] == [] and _parts(out) == ["block-000001.arrow"]
+    with pytest.raises(SweepError, match=r"waiting for block 1 \(process 1\) in .*filesystem they all share"):
+        run(0)
+    assert seen[0] == [0, 2] and _parts(out) == ["block-000000.arrow", "block-000002.arrow"]
+    one = run(1)
+    assert seen[1] == [1] and one.computed_points == 16 and not one.complete
+    zero = run(0)
+    assert seen[0] == [0, 2] and zero.computed_points == 0 and zero.complete  # its parts were kept
+    assert out.read_bytes() == whole and not parts.exists()
+
+
+def test_two_processes_start_over_without_resume(tmp_path, paper, grid, whole, monkeypatch):
+    """resume=False with every part of the same sweep left over: process 1, started
+    first, sees the previous run's sweep.json. It must not write into that run (process
+    0 discards it) but wait until process 0 has started the new run and admitted it;
+    then both compute their blocks again and process 0 keeps process 1's."""
+    monkeypatch.setenv("JAXALLOC_SWEEP_WAIT", "0.5")
+    out, parts = tmp_path / "s.parquet", tmp_path / "s.parquet.parts"
+    run = lambda p, resume, seen: sweep(paper, grid, out=out, block=16, process_index=p, process_count=2,
+                                        resume=resume, on_block=seen.append)
+    with pytest.raises(SweepError, match="block 1"):  # a run that did everything but write the file
+        run(0, True, [])
+    run(1, True, [])
+    assert len(_parts(out)) == 3
+    monkeypatch.setenv("JAXALLOC_SWEEP_WAIT", "120")
+    seen0, seen1, errors = [], [], []
+
+    def process_1():
+        try:
+            run(1, False, seen1)
+        except BaseException as err:  # noqa: BLE001 - asserted in the main thread
+            errors.append(err)
+
+    thread = threading.Thread(target=process_1)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not (parts / "join-1.json").exists() and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (parts / "join-1.json").exists() and seen1 == []  # waiting for process 0 to admit it
+    res = run(0, False, seen0)
+    thread.join(120)
+    assert not errors and seen1 == [1] and seen0 == [0, 2]
+    assert res.complete and res.computed_points == 19 and res.discarded_blocks == 0
+    assert out.read_bytes() == whole and not parts.exists()
+
+
+# ---------------------------------------------------------------- output problems, reruns
+
+CLI_GRID = ["sweep", "--arrival-rate", "0.005:0.3:5", "--alpha", "1:1000:7:log", "--block", "16", "--no-figures"]
+
+
+def test_cli_rerun_says_already_complete(tmp_path, capsys):
+    out = tmp_path / "g.parquet"
+    assert main([*CLI_GRID, "--out", str(out)]) == 0
+    assert "solved 35 points" in capsys.readouterr().out
+    assert main([*CLI_GRID, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"  already complete: 35 points in {out}\n" in text and "solved" not in text and "wrote" not in text
+    assert main([*CLI_GRID, "--out", str(out), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["already_complete"] and data["complete"] and data["computed_points"] == 0
+    assert sum(data["status_counts"].values()) == 35
+
+
+def test_a_different_sweep_discards_old_parts_and_file_with_a_note(tmp_path, paper, grid, capsys, monkeypatch):
+    out = tmp_path / "g.parquet"
+    _ctrl_c_at(monkeypatch, 2)
+    with pytest.raises(Interrupted):
+        sweep(paper, grid, out=out, block=16)
+    monkeypatch.undo()
+    assert main([*CLI_GRID, "--out", str(out), "--json"]) == 0  # another grid: the 2 parts are of no use
+    captured = capsys.readouterr()
+    assert f"note: discarded 2 finished blocks of a different sweep at {out}.parts\n" in captured.err
+    assert json.loads(captured.out)["discarded_blocks"] == 2 and "replaced" not in captured.err
+    res = sweep(paper, grid, out=out, block=16)
+    assert res.replaced_file and res.discarded_blocks == 0 and res.computed_points == 35
+    assert main([*CLI_GRID, "--out", str(out)]) == 0
+    assert f"note: replaced {out}, which held a different sweep\n" in capsys.readouterr().err
+    assert main([*CLI_GRID, "--out", str(out), "--no-resume"]) == 0  # the same sweep again: no news
+    assert "note" not in capsys.readouterr().err
+
+
+def _no_compute(monkeypatch):
+    def compute(*args):
+        raise AssertionError("computed a block")
+
+    monkeypatch.setattr(sys.modules["jaxalloc.sweep"], "_compute_block_jit", compute)
+
+
+def test_unwritable_out_fails_before_any_work(tmp_path, paper, grid, capsys, monkeypatch):
+    _no_compute(monkeypatch)
+    folder = tmp_path / "d.parquet"
+    folder.mkdir()
+    for out, reason in [("/proc/x.parquet", "cannot create files in '/proc': No such file or directory"),
+                        (str(folder), "is a directory")]:
+        with pytest.raises(SweepError, match=f"^out = '{out}': {reason}$"):
+            sweep(paper, grid, out=out, block=16)
+        assert main([*CLI_GRID, "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: out = '{out}': {reason}\n"
+    assert list(tmp_path.iterdir()) == [folder] and list(folder.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_folder_fails_before_any_work(tmp_path, paper, grid, monkeypatch):
+    _no_compute(monkeypatch)
+    folder = tmp_path / "ro"
+    folder.mkdir(mode=0o500)
+    try:
+        with pytest.raises(SweepError, match="cannot create files in .*Permission denied"):
+            sweep(paper, grid, out=folder / "x.parquet", block=16)
+    finally:
+        folder.chmod(0o700)
+
+
+def test_write_failure_is_a_sweep_error(tmp_path, paper, grid, monkeypatch):
+    def full(self, i, table):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sys.modules["jaxalloc.sweep"]._PartStore, "write", full)
+    out = tmp_path / "s.parquet"
+    with pytest.raises(SweepError, match=f"^out = '{out}': writing failed: No space left on device$"):
+        sweep(paper, grid, out=out, block=16)
+    assert not out.exists() and not (tmp_path / "s.parquet.tmp").exists()
 
 
 # ---------------------------------------------------------------- separate processes

@@ -158,11 +158,10 @@ def cmd_measure(args) -> int:
     except ServerError as err:
         print(f"error: {' '.join(str(err).split())} (rows so far are kept; rerun to resume)", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as err:  # measure() raises Interrupted, which counts what is kept
-        kept = (str(err) if isinstance(err, Interrupted)
-                else f"stopped before measuring; nothing was added to {args.out}")
-        print(f"interrupted: {kept}", file=sys.stderr)
-        return 130
+    except Interrupted:
+        raise  # from measure(), counting the answers kept; the command line prints it
+    except KeyboardInterrupt:
+        raise Interrupted(f"stopped before measuring; nothing was added to {args.out}") from None
     if args.json:
         print(json.dumps({"out": args.out, "written": report.written, "skipped": report.skipped,
                           "groups": report.table()}, indent=2))
