@@ -16,7 +16,7 @@ import math
 import os
 import re
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
         # argparse's own pattern takes only plain numbers (-1, -0.5) as values
         self._negative_number_matcher = re.compile(r"^-(\.?\d|inf|nan)", re.IGNORECASE)
 
-    def error(self, message: str):  # noqa: D401 - argparse API
+    def error(self, message: str):
         raise _UsageError(f"{self.prog}: {message}")
 
 
@@ -208,8 +208,8 @@ def _cmd_simulate(args) -> int:
         if budgets.shape != (problem.num_tasks,):
             raise SimulationError(f"--budgets: {budgets.size} values for {problem.num_tasks} tasks")
     else:
-        from .solve import solve
         from .solution import Status
+        from .solve import solve
         from .solvers.integer import integer_budgets
 
         solution = solve(problem, throw=False, check=False)
@@ -385,8 +385,7 @@ def _cmd_sensitivity(args) -> int:
         summary = {"param": args.param}
     with open(csv_path, "w", encoding="utf-8") as f:
         f.write(",".join(header) + "\n")
-        for row in rows:
-            f.write(",".join(repr(float(x)) for x in row) + "\n")
+        f.writelines(",".join(repr(float(x)) for x in row) + "\n" for row in rows)
     summary.update(csv=csv_path, png=png_path, points=int(num))
     print(json.dumps(summary, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
     return 0

@@ -260,8 +260,8 @@ class SweepPlan:
         from .model import problem_to_toml
 
         h = hashlib.sha256()
-        head = dict(version=__version__, method=self.method, integer=self.integer, block=self.block,
-                    chunk=self.chunk, dtype=str(self.dtype), axes=[a.name for a in self.axes])
+        head = {"version": __version__, "method": self.method, "integer": self.integer, "block": self.block,
+                    "chunk": self.chunk, "dtype": str(self.dtype), "axes": [a.name for a in self.axes]}
         h.update(json.dumps(head, sort_keys=True).encode())
         h.update(problem_to_toml(self.problem).encode())
         for a in self.axes:
@@ -321,12 +321,12 @@ def _point_columns(problem: Problem, solution, integer: str) -> dict:
     ell = solution.budgets
     m1, m2 = moments(problem, ell)
     stable = solution.status != Status.UNSTABLE_QUEUE
-    return dict(
-        integer_budgets=jnp.where(stable, integer_budgets(problem, ell, integer), 0.0),
-        accuracy=mean_accuracy(problem, ell),
-        mean_system_time=jnp.where(stable, mean_system_time(problem.arrival_rate, m1, m2), jnp.inf),
-        utilization=utilization(problem.arrival_rate, m1),
-    )
+    return {
+        "integer_budgets": jnp.where(stable, integer_budgets(problem, ell, integer), 0.0),
+        "accuracy": mean_accuracy(problem, ell),
+        "mean_system_time": jnp.where(stable, mean_system_time(problem.arrival_rate, m1, m2), jnp.inf),
+        "utilization": utilization(problem.arrival_rate, m1),
+    }
 
 
 def _compute_block(problem: Problem, values: tuple, start, targets: tuple, shape: tuple, solver, integer: str,
@@ -571,9 +571,9 @@ class _ParquetStream:
 
     def __init__(self, out: Path, plan: SweepPlan):
         self.out, self.tmp, self.writer = out, out.with_name(out.name + ".tmp"), None
-        self.meta = {_META_KEY: json.dumps(dict(fingerprint=plan.fingerprint(), shape=list(plan.shape),
-                                                axes=[a.name for a in plan.axes], method=plan.method,
-                                                integer=plan.integer, dtype=str(plan.dtype))).encode()}
+        self.meta = {_META_KEY: json.dumps({"fingerprint": plan.fingerprint(), "shape": list(plan.shape),
+                                                "axes": [a.name for a in plan.axes], "method": plan.method,
+                                                "integer": plan.integer, "dtype": str(plan.dtype)}).encode()}
 
     def write(self, table) -> None:
         import pyarrow.parquet as pq
@@ -680,14 +680,14 @@ class SweepResult:
         return np.asarray(data.to_numpy(zero_copy_only=False)).reshape(self.plan.shape)
 
     def summary(self) -> dict[str, Any]:
-        return dict(path=None if self.path is None else str(self.path), points=self.plan.size,
-                    shape=list(self.plan.shape), axes=[a.name for a in self.plan.axes], method=self.plan.method,
-                    dtype=str(self.plan.dtype), blocks=self.plan.num_blocks, devices=self.plan.devices,
-                    computed_points=self.computed_points,
-                    seconds=self.seconds, points_per_second=self.points_per_second,
-                    status_counts=self.status_counts, complete=self.complete,
-                    already_complete=self.already_complete, discarded_blocks=self.discarded_blocks,
-                    replaced_file=self.replaced_file)
+        return {"path": None if self.path is None else str(self.path), "points": self.plan.size,
+                    "shape": list(self.plan.shape), "axes": [a.name for a in self.plan.axes], "method": self.plan.method,
+                    "dtype": str(self.plan.dtype), "blocks": self.plan.num_blocks, "devices": self.plan.devices,
+                    "computed_points": self.computed_points,
+                    "seconds": self.seconds, "points_per_second": self.points_per_second,
+                    "status_counts": self.status_counts, "complete": self.complete,
+                    "already_complete": self.already_complete, "discarded_blocks": self.discarded_blocks,
+                    "replaced_file": self.replaced_file}
 
 
 def _progress_bar(total: int, initial: int, enabled: bool | None, desc: str):

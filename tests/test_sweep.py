@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +38,7 @@ def grid(paper):
     """A small λ × α grid whose last λ is unstable at ℓ = 0."""
     lam = np.array([0.005, 0.05, 0.1, 0.3, 1.5 * critical_rate(paper)])
     alpha = np.geomspace(1.0, 1000.0, 7)
-    return dict(arrival_rate=lam, alpha=alpha)
+    return {"arrival_rate": lam, "alpha": alpha}
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +113,8 @@ def test_solve_batch_equals_vmapped_solve_point(paper):
     """The batch (slow points compacted, warm starts between every 16th point) gives
     vmap's answers, also for points in random order, where warm starts are poor."""
     rng = np.random.default_rng(1)
-    fields = dict(arrival_rate=jnp.asarray(rng.uniform(0.005, 0.45, 512)),
-                  alpha=jnp.asarray(np.exp(rng.uniform(0, np.log(1000), 512))))
+    fields = {"arrival_rate": jnp.asarray(rng.uniform(0.005, 0.45, 512)),
+                  "alpha": jnp.asarray(np.exp(rng.uniform(0, np.log(1000), 512)))}
     got = jax.jit(lambda f: solve_batch(paper, f))(fields)
     ref = jax.jit(jax.vmap(lambda f: solve_point(paper.replace(**f))))(fields)
     np.testing.assert_array_equal(np.asarray(got.status), np.asarray(ref.status))
@@ -165,9 +166,9 @@ def test_plan_rejects_bad_axes(paper):
 
 
 def test_default_blocks_are_equal_bounded_and_barely_padded(paper):
-    from jaxalloc.sweep import BLOCK_ELEMENTS, DEFAULT_BLOCK
-
     from problems import random_problem
+
+    from jaxalloc.sweep import BLOCK_ELEMENTS, DEFAULT_BLOCK
 
     wide = random_problem(0, 1024, 0.3, 1.0)
     for problem, axes in ((paper, {"arrival_rate": "0.01:0.2:1000", "alpha": "1:100:1000"}),
@@ -206,19 +207,19 @@ def test_cli_sweep_json_and_figures(tmp_path):
     out = tmp_path / "grid.parquet"
     proc = subprocess.run([sys.executable, "-m", "jaxalloc.cli", "sweep", "--arrival-rate", "0.01:0.3:6",
                            "--alpha", "1:1000:5:log", "--out", str(out), "--json"],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+                          check=False, capture_output=True, text=True, env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["points"] == 30 and data["status_counts"] == {"converged": 30} and data["complete"]
     assert pq.read_table(out).num_rows == 30
     assert data["figures"] == [str(tmp_path / "grid.budgets.png"), str(tmp_path / "grid.frontier.png")]
     for fig in data["figures"]:
-        head = open(fig, "rb").read(8)
+        head = Path(fig).read_bytes()[:8]
         assert head == b"\x89PNG\r\n\x1a\n" and os.path.getsize(fig) > 10_000
     # three axes: the file, and a note instead of figures (no error after the work is done)
     three = subprocess.run([sys.executable, "-m", "jaxalloc.cli", "sweep", "--arrival-rate", "0.01:0.3:2",
                             "--alpha", "1:10:2", "--axis", "b:GSM8K=1e-3:1e-2:2", "--out", str(tmp_path / "t.parquet"),
-                            "--json"], capture_output=True, text=True, env=ENV, timeout=300)
+                            "--json"], check=False, capture_output=True, text=True, env=ENV, timeout=300)
     assert three.returncode == 0, three.stderr
     assert json.loads(three.stdout)["figures"] == [] and "figures need 1 or 2 axes" in three.stderr
     assert pq.read_table(tmp_path / "t.parquet").num_rows == 8
@@ -483,7 +484,7 @@ def test_sigkill_then_resume_gives_identical_file(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     run = lambda out, kill: subprocess.run([sys.executable, str(script), str(out), str(kill)],
-                                           capture_output=True, text=True, env=ENV, timeout=300)
+                                           check=False, capture_output=True, text=True, env=ENV, timeout=300)
     whole = run(tmp_path / "whole.parquet", -1)
     assert whole.returncode == 0, whole.stderr
     assert int(whole.stdout) == 600
@@ -523,7 +524,7 @@ DEVICES = textwrap.dedent("""
 def test_four_devices_equal_one(tmp_path):
     script = tmp_path / "dev.py"
     script.write_text(DEVICES)
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True,
                           env={k: v for k, v in ENV.items() if k != "XLA_FLAGS"}, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert float(proc.stdout) <= 1e-12
@@ -546,7 +547,7 @@ def test_two_processes_equal_one(tmp_path):
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     shares = sorted(json.loads(o[0])["computed_points"] for o in outs)
     assert shares == [300, 300]  # 6 blocks of 100, round robin
-    one = subprocess.run(cmd(tmp_path / "one.parquet"), capture_output=True, text=True, env=ENV, timeout=300)
+    one = subprocess.run(cmd(tmp_path / "one.parquet"), check=False, capture_output=True, text=True, env=ENV, timeout=300)
     assert one.returncode == 0, one.stderr
     assert (tmp_path / "two.parquet").read_bytes() == (tmp_path / "one.parquet").read_bytes()
 
@@ -560,9 +561,9 @@ def test_batched_response_jacobian_equals_autodiff(paper):
 
     rng = np.random.default_rng(3)
     n = 64
-    fields = dict(arrival_rate=jnp.asarray(rng.uniform(0.01, 0.4, n)),
-                  alpha=jnp.asarray(np.exp(rng.uniform(0, np.log(3000), n))),
-                  max_tokens=jnp.asarray(rng.choice([400.0, 32768.0], n)))
+    fields = {"arrival_rate": jnp.asarray(rng.uniform(0.01, 0.4, n)),
+                  "alpha": jnp.asarray(np.exp(rng.uniform(0, np.log(3000), n))),
+                  "max_tokens": jnp.asarray(rng.choice([400.0, 32768.0], n))}
     m0 = np.stack(ja.moments(paper, jnp.zeros(6)))
     m = jnp.asarray(m0[:, None] * rng.uniform(1.0, 3.0, (2, n)))
     m = m.at[1].set(jnp.maximum(m[1], m[0] ** 2 * 1.01))
@@ -591,8 +592,8 @@ def test_batched_newton_takes_the_same_steps_as_per_point(paper, size):
     from jaxalloc.solvers.newton_batched import newton_batch
 
     rng = np.random.default_rng(size)
-    fields = dict(arrival_rate=jnp.asarray(rng.uniform(0.005, 0.45, size)),
-                  alpha=jnp.asarray(np.exp(rng.uniform(0, np.log(1000), size))))
+    fields = {"arrival_rate": jnp.asarray(rng.uniform(0.005, 0.45, size)),
+                  "alpha": jnp.asarray(np.exp(rng.uniform(0, np.log(1000), size)))}
     ell, steps, done = jax.jit(lambda f: newton_batch(paper, f))(fields)
     solver = ja.AggregateNewton()
 
@@ -614,7 +615,7 @@ def test_warm_starts_on_a_grid(paper):
     from jaxalloc.solvers.newton_batched import newton_batch
 
     lam, alpha = np.meshgrid(np.linspace(0.005, 0.4, 8), np.geomspace(1, 1000, 256), indexing="ij")
-    fields = dict(arrival_rate=jnp.asarray(lam.ravel()), alpha=jnp.asarray(alpha.ravel()))
+    fields = {"arrival_rate": jnp.asarray(lam.ravel()), "alpha": jnp.asarray(alpha.ravel())}
     run = jax.jit(lambda f, stride: newton_batch(paper, f, stride=stride), static_argnums=1)
     cold, warm = run(fields, 1), run(fields, 16)
     assert np.asarray(cold[2]).all() and np.asarray(warm[2]).all()
