@@ -163,25 +163,12 @@ def _cmd_solve(args) -> int:
 
 def _check_writable(flag: str, path: str) -> None:
     """Fail before any work if `path` cannot be written: one `error:` line naming
-    the flag, the path and the reason. Opening for appending changes nothing in an
-    existing file; a file that did not exist is removed again."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        reason = "it is a directory"
-    elif not os.path.isdir(folder):
-        reason = f"no such directory {folder}"
-    else:
-        existed = os.path.lexists(path)
-        try:
-            with open(path, "ab"):
-                pass
-        except OSError as err:
-            reason = err.strerror or str(err)
-        else:
-            if not existed:
-                os.remove(path)
-            return
-    raise _UsageError(f"{flag}: cannot write {path}: {reason}")
+    the flag, the path and the reason (:func:`jaxalloc.files.why_unwritable`)."""
+    from .files import why_unwritable
+
+    reason = why_unwritable(path)
+    if reason is not None:
+        raise _UsageError(f"{flag}: cannot write {path}: {reason}")
 
 
 def _parse_budgets(text: str) -> list[float]:

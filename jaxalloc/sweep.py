@@ -63,7 +63,6 @@ import os
 import queue
 import shutil
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -78,6 +77,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .errors import Interrupted
+from .files import why_unwritable
 from .model import Problem, ProblemError, validate
 from .objective import mean_accuracy, mean_system_time, moments, utilization
 from .solution import Status
@@ -607,13 +607,10 @@ def _check_out(path: Path) -> None:
 
 
 def _check_writable(path: Path) -> None:
-    """Raise SweepError, before any work, unless files can be created next to `path`."""
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise _out_error(path, f"cannot create files in {str(path.parent)!r}", err) from None
+    """Raise SweepError, before any work, unless `path` (and the parts folder beside it) can be written."""
+    reason = why_unwritable(path)
+    if reason is not None:
+        raise SweepError(f"out = {str(path)!r}: cannot write it: {reason}")
 
 
 def _out_error(path: Path, what: str, err: OSError) -> SweepError:

@@ -428,7 +428,7 @@ def test_unwritable_out_fails_before_any_work(tmp_path, paper, grid, capsys, mon
     _no_compute(monkeypatch)
     folder = tmp_path / "d.parquet"
     folder.mkdir()
-    for out, reason in [("/proc/x.parquet", "cannot create files in '/proc': No such file or directory"),
+    for out, reason in [("/proc/x.parquet", "cannot write it: No such file or directory"),
                         (str(folder), "is a directory")]:
         with pytest.raises(SweepError, match=f"^out = '{out}': {reason}$"):
             sweep(paper, grid, out=out, block=16)
@@ -438,16 +438,17 @@ def test_unwritable_out_fails_before_any_work(tmp_path, paper, grid, capsys, mon
     assert list(tmp_path.iterdir()) == [folder] and list(folder.iterdir()) == []
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
 def test_read_only_folder_fails_before_any_work(tmp_path, paper, grid, monkeypatch):
+    """The folder refuses new files (as a read-only folder does for a user other than root)."""
     _no_compute(monkeypatch)
-    folder = tmp_path / "ro"
-    folder.mkdir(mode=0o500)
-    try:
-        with pytest.raises(SweepError, match="cannot create files in .*Permission denied"):
-            sweep(paper, grid, out=folder / "x.parquet", block=16)
-    finally:
-        folder.chmod(0o700)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr("jaxalloc.files.tempfile.mkstemp", refuse)
+    with pytest.raises(SweepError, match="cannot write it: Permission denied"):
+        sweep(paper, grid, out=tmp_path / "x.parquet", block=16)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_write_failure_is_a_sweep_error(tmp_path, paper, grid, monkeypatch):

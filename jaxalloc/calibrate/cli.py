@@ -15,7 +15,6 @@ import argparse
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 from .data import CalibrationError
@@ -91,10 +90,14 @@ def parse_prob(text: str | None):
         raise CalibrationError(f"--prob = {text!r}: expected 'uniform', NAME=SHARE,... or SHARE,...") from None
 
 
-def _check_writable(flag: str, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise CalibrationError(f"{flag}: cannot write {path}: no such directory {folder}")
+def check_writable(flag: str, path: str) -> None:
+    """Raise CalibrationError before any work if `path` cannot be written, naming
+    the flag, the path and the reason (:func:`jaxalloc.files.why_unwritable`)."""
+    from ..files import why_unwritable
+
+    reason = why_unwritable(path)
+    if reason is not None:
+        raise CalibrationError(f"{flag}: cannot write {path}: {reason}")
 
 
 def _cmd_fit(args) -> int:
@@ -113,9 +116,9 @@ def _cmd_fit(args) -> int:
         from ..plots import _pyplot
 
         _pyplot()  # matplotlib missing: fail before fitting
-        _check_writable("--plot", args.plot)
+        check_writable("--plot", args.plot)
     if args.out is not None:
-        _check_writable("--out", args.out)
+        check_writable("--out", args.out)
     measurements = read_measurements(args.measurements)
     cal = fit_measurements(measurements, level=args.level)
     point = {"arrival_rate": args.arrival_rate, "alpha": args.alpha, "max_tokens": args.max_tokens, "prob": prob}

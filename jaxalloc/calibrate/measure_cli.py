@@ -27,6 +27,7 @@ import os
 import sys
 from types import SimpleNamespace
 
+from .cli import check_writable
 from .data import CalibrationError
 
 
@@ -83,8 +84,8 @@ def _check(args):
     if not args.out.lower().endswith((".csv", ".parquet", ".pq")):
         raise CalibrationError(f"--out = {args.out!r}: expected a .csv or .parquet file")
     for flag, path in (("--out", args.out), ("--transcript", args.transcript)):
-        if path is not None and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise CalibrationError(f"{flag}: cannot write {path}: no such directory")
+        if path is not None:
+            check_writable(flag, path)
     if args.backend == "openai" and not args.base_url:
         raise CalibrationError("--backend openai needs --base-url URL")
     if args.backend == "flax" and (args.base_url or args.served_model):
