@@ -52,7 +52,7 @@ def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
     fit.add_argument("--level", type=float, default=0.95, metavar="P", help="confidence level of the intervals")
     fit.add_argument("--plot", metavar="FIG.png",
                      help="also draw measured and fitted accuracy (the paper's Fig. 2) and service time "
-                          "(PNG; needs matplotlib: jaxalloc[plots])")
+                          "(PNG)")
     fit.add_argument("--json", action="store_true", help="print JSON for programs")
     fit.set_defaults(calibrate_run=_cmd_fit)
 

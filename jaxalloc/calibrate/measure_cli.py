@@ -44,7 +44,9 @@ def add_measure_parser(group) -> None:
                         "--backend openai only its tokenizer files are used")
     p.add_argument("--task", action="append", required=True, metavar="NAME=PATH",
                    help="benchmark and its local file, repeatable; NAME: gsm8k, aime, gpqa, cruxeval, bbh, arc")
-    p.add_argument("--out", required=True, metavar="FILE.csv", help="measurement file (appended to; .csv or .parquet)")
+    p.add_argument("--out", required=True, metavar="FILE.csv",
+                   help="measurement file (.csv or .parquet), appended to: the same command resumes a stopped run; "
+                        "its settings are kept in FILE.settings.json")
     p.add_argument("--budgets", default="0,64,256,1024", metavar="A,B,...",
                    help="thinking budgets in tokens (default 0,64,256,1024)")
     p.add_argument("--samples", type=int, default=250, metavar="N",
