@@ -10,6 +10,7 @@ quietly with status 141, as SIGPIPE ends other Unix tools.
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import json
 import math
@@ -96,8 +97,10 @@ def _build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--alpha", metavar="START:STOP:NUM", help="α axis (append :log for geometric spacing)")
     sw.add_argument("--max-tokens", metavar="START:STOP:NUM", help="ℓ_max axis")
     sw.add_argument("--axis", action="append", default=[], metavar="FIELD:TASK=START:STOP:NUM",
-                    help="another axis, e.g. b:gsm8k=1e-4:1e-2:50:log or prob:aime=0.05:0.5:10 (repeatable)")
-    sw.add_argument("--out", required=True, metavar="FILE.parquet", help="output Parquet file (one row per point)")
+                    help="another axis, e.g. b:GSM8K=1e-4:1e-2:50:log or prob:AIME=0.05:0.5:10; TASK is a task name "
+                         "as the profile spells it (case-sensitive) or its index (repeatable)")
+    sw.add_argument("--out", required=True, metavar="FILE.parquet", help="output Parquet file (one row per point); "
+                    "after Ctrl-C or a kill, the same command resumes")
     sw.add_argument("--method", default="newton", choices=list(METHODS), help="solver (default: newton)")
     sw.add_argument("--integer", default="auto", choices=["auto", "enumerate", "round", "coordinate"],
                     help="integer budgets (auto: eq. 39 enumeration up to 8 tasks, coordinate search up to 64, rounding beyond)")
@@ -107,9 +110,10 @@ def _build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="progress bar (default: when stderr is a terminal)")
     sw.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True,
-                    help="write FILE.budgets.png (heat maps) and FILE.frontier.png (default: on; needs matplotlib)")
+                    help="write FILE.budgets.png (heat maps) and, with an α axis, FILE.frontier.png (default: on)")
     sw.add_argument("--coordinator", metavar="HOST:PORT",
-                    help="jax.distributed coordinator: run as one of --num-processes processes")
+                    help="jax.distributed coordinator: run as one of --num-processes processes, each given the "
+                         "same arguments, with --out on a filesystem every host sees")
     sw.add_argument("--num-processes", type=int, metavar="P", help="processes in a jax.distributed run")
     sw.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..P-1")
     sw.add_argument("--json", action="store_true", help="print JSON for programs")
@@ -326,7 +330,7 @@ def _cmd_verify(args) -> int:
         raise _UsageError(f"--points = {args.points}: must be >= 1")
     report = verify(problem, points=args.points, seed=args.seed)
     print(json.dumps(report, indent=2) if args.json else f"jaxalloc verify: {name}\n" + format_verify_report(report))
-    return 0 if report["pass"] else 1
+    return 1 if report["failed"] else 0  # a lemma not applicable to this profile is no failure
 
 
 def _cmd_sensitivity(args) -> int:
@@ -393,7 +397,7 @@ def _cmd_reproduce(args) -> int:
 
 # Commands that write only once their work is done: Ctrl-C during the work leaves nothing.
 # Long commands that keep finished work raise jaxalloc.errors.Interrupted, which says what.
-_NOTHING_KEPT = ("solve", "simulate", "verify", "sensitivity")
+_NOTHING_KEPT = ("solve", "simulate", "verify", "sensitivity", "calibrate")  # calibrate measure raises Interrupted
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -471,10 +475,33 @@ def _keep_compiled_programs() -> None:
         jax.config.update("jax_compilation_cache_dir", folder)
 
 
+def deliver_lost_interrupts() -> None:
+    """Ctrl-C that lands in a callback Python cannot raise from (a finaliser JAX
+    runs during garbage collection) is printed as 'Exception ignored ...' with a
+    traceback, and the command runs on. This hook raises it again in the main
+    thread, where :func:`main` turns it into its one `interrupted:` line: a
+    moment later, from a timer thread (raised at once, it would land in the hook
+    itself; should it land in a finaliser again, this hook sends it again)."""
+    import threading
+
+    default = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            timer = threading.Timer(0.01, _thread.interrupt_main)
+            timer.daemon = True
+            timer.start()
+        else:
+            default(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def entry() -> None:
     """The `jaxalloc` command."""
     use_every_core()
     _keep_compiled_programs()
+    deliver_lost_interrupts()
     try:
         code = main()
         sys.stdout.flush()  # here, so that a reader that left (`jaxalloc solve --json | head -1`) is seen here

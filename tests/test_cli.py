@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -356,3 +357,35 @@ def test_plot_help_does_not_ask_for_an_extra(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--plot FILE.png also write a histogram of the system times (PNG)" in help_text
     assert "jaxalloc[plots]" not in help_text
+
+
+def test_ctrl_c_lost_in_a_finaliser_is_raised_again(monkeypatch):
+    """A KeyboardInterrupt raised where Python cannot raise (a __del__, as in JAX's
+    garbage-collection callbacks) reaches the main thread instead of being ignored."""
+    import gc
+
+    from jaxalloc.cli import deliver_lost_interrupts
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored after the test
+    deliver_lost_interrupts()
+
+    class Finaliser:
+        def __del__(self):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Finaliser()
+        gc.collect()
+        for _ in range(1000):  # the interrupt arrives at the next check of pending signals
+            time.sleep(0.001)
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    deliver_lost_interrupts()
+
+    class Broken:
+        def __del__(self):
+            raise RuntimeError("not an interrupt")
+
+    Broken()
+    gc.collect()
+    assert len(seen) == 1 and isinstance(seen[0].exc_value, RuntimeError)  # other errors: the default hook
