@@ -2,8 +2,9 @@
 
 A sweep is the Cartesian product of axes, each a field of the problem and the
 values it takes: a scalar field (`arrival_rate`, `alpha`, `max_tokens`) or one
-task's parameter written `FIELD:TASK` (`b:gsm8k`, `t0:0`, `prob:aime`; for
-`prob` the other tasks' shares are rescaled so that they still sum to 1).
+task's parameter written `FIELD:TASK`, TASK as the profile names it or its
+index (`b:GSM8K`, `t0:0`, `prob:AIME`; for `prob` the other tasks' shares are
+rescaled so that they still sum to 1).
 Points are numbered in C order (the last axis varies fastest).
 
 The engine solves the points in *blocks* of equal size (the last one padded
@@ -138,7 +139,7 @@ def parse_range(text: str, name: str = "axis") -> np.ndarray:
 
 @dataclass(frozen=True)
 class Axis:
-    """One swept field: `name` as given (`alpha`, `b:gsm8k`), the problem field,
+    """One swept field: `name` as given (`alpha`, `b:GSM8K`), the problem field,
     the task index for a per-task field (else None), and the values."""
 
     name: str

@@ -18,10 +18,13 @@ ARC-Challenge (``arc``)  AI2 format (``question.stem``, ``question.choices``,
                          ``choices.text``/``choices.label``)
 ======================  =====================================================
 
-Answers are extracted as the standard harnesses do: the last ``\\boxed{}``
-(else ``#### x``, else the last number) for maths; the option letter for
-multiple choice (``\\boxed{C}``, ``Answer: C``, ``the answer is (C)``, a bare
-``C``); the text after the last "the answer is" for BBH; the literal in the
+Answers are extracted as the standard harnesses do: for maths the last
+``\\boxed{}``, else ``#### x``, else the number after the last "the answer
+is"/"Answer:", else the last number; for multiple choice the last explicit
+answer (``\\boxed{C}``, ``Answer: C``, ``the answer is (C)``), then ``(C) is
+correct``, a last line that is only the letter, or the last ``(C)`` (a bare
+letter counts only in capitals: "answer a few questions" names no option);
+a reply without an answer is wrong; the text after the last "the answer is" for BBH; the literal in the
 last ``[ANSWER]…[/ANSWER]`` for CRUXEval, compared with the reference by
 ``ast.literal_eval`` (model output is never run: no ``eval``/``exec``).
 """

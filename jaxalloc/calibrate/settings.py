@@ -123,14 +123,15 @@ def check_settings(out: str | Path, settings: Mapping[str, Any], *, partial: boo
     line checks this before loading the model, when the served model name is not
     known yet). A file with rows and no fingerprint is refused (see the module notes).
     """
-    rows = len(resume_keys(out))
-    if rows == 0:
+    count = len(resume_keys(out))
+    if count == 0:
         return
+    rows = f"{count} answer{'s' if count > 1 else ''}"
     stored = stored_settings(out)
     how = (f"run the same settings to resume, choose another --out, or add --force-new "
-           f"to discard its {rows} answers and start afresh")
+           f"to discard its {rows} and start afresh")
     if stored is None:
-        raise ResumeError(f"{out}: {rows} answers but no record of their settings ({settings_path(out).name} "
+        raise ResumeError(f"{out}: {rows} but no record of their settings ({settings_path(out).name} "
                           f"is missing; the file was written by an older jaxalloc or copied without it), so they "
                           f"are not resumed: choose another --out, or add --force-new to discard them and start afresh")
     old, where = stored
@@ -143,7 +144,8 @@ def discard(out: str | Path) -> str | None:
     """``--force-new``: delete `out` and its sidecar; a note for stderr, or None if neither existed."""
     out = Path(out)
     try:
-        rows = f"{len(resume_keys(out))} answers"
+        count = len(resume_keys(out))
+        rows = f"{count} answer{'s' if count != 1 else ''}"
     except CalibrationError:  # unreadable: discarded all the same
         rows = "unreadable"
     removed = [p for p in (out, settings_path(out)) if p.is_file()]
