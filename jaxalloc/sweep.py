@@ -78,7 +78,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .errors import Interrupted
-from .files import why_unwritable
+from .files import replacing, why_unwritable
 from .model import Problem, ProblemError, validate
 from .objective import mean_accuracy, mean_system_time, moments, utilization
 from .solution import Status
@@ -415,10 +415,9 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    """Write `path` atomically: a temporary name, then a rename."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    """Write `path` whole (:func:`jaxalloc.files.replacing`)."""
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(data))
 
 
 def _remove_dir(folder: Path) -> None:
@@ -466,8 +465,9 @@ class _PartStore:
         process 0's `sweep.json` of this sweep and take its run; None if this
         sweep's finished Parquet file turns up instead (with `resume`). Without
         `resume`, the `sweep.json` must also list this call's request, which it
-        writes as `join-<index>.json` (again whenever process 0 discarded the
-        folder holding it) and process 0 answers (:meth:`admit`)."""
+        writes as `join-<index>.json` (again whenever that file is gone with a
+        folder process 0 discarded, or holds an earlier call's request) and
+        process 0 answers (:meth:`admit`)."""
         folder, fingerprint = _parts_dir(out), plan.fingerprint()
         request_id = None if resume else uuid.uuid4().hex
         request = folder / f"join-{index}.json"
@@ -480,7 +480,7 @@ class _PartStore:
                 return None  # nothing yet, or a leftover of another sweep that process 0 will replace
             if request_id is None or spec.get("joined", {}).get(str(index)) == request_id:
                 return spec
-            if not request.exists():
+            if _read_json(request).get("request") != request_id:  # none yet, or a stopped call's
                 with contextlib.suppress(FileNotFoundError):  # the folder is being replaced: next time
                     _write_json(request, {"fingerprint": fingerprint, "request": request_id})
             return None
@@ -538,10 +538,9 @@ class _PartStore:
         import pyarrow as pa
 
         table = table.replace_schema_metadata({_PART_KEY: json.dumps(self._tag(i))})
-        tmp = self.path(i).with_suffix(f".tmp{os.getpid()}")
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        with (replacing(self.path(i)) as tmp, pa.OSFile(str(tmp), "wb") as sink,
+              pa.ipc.new_file(sink, table.schema) as writer):
             writer.write_table(table)
-        os.replace(tmp, self.path(i))
 
     def read(self, i: int):
         import pyarrow as pa
@@ -791,8 +790,8 @@ def _run(plan: SweepPlan, path: Path | None, resume: bool, p_index: int, p_count
             if first and several:
                 stack.enter_context(_admitting(store))
             stream = stack.enter_context(_ParquetStream(path, plan)) if path is not None and not several else None
-            writer = _Writer(plan, store, stream, bar, on_block, finished)
-            _solve_blocks(plan, mine, done, writer)
+            with _Writer(plan, store, stream, bar, on_block, finished) as writer:
+                _solve_blocks(plan, mine, done, writer)
             counts = _gather(store, path, plan, p_count) if first and several else writer.counts
     except KeyboardInterrupt as err:
         if store is None:
@@ -818,6 +817,8 @@ def _run(plan: SweepPlan, path: Path | None, resume: bool, p_index: int, p_count
 class _Writer:
     """A background thread that stores each computed block while the next one
     computes: as a part, as a row group of `stream`, or in `tables` (in memory).
+    A context manager: on leaving it, even by an exception (Ctrl-C included),
+    every block handed over is stored before the thread stops.
 
     `finished` collects the blocks computed and stored; `counts` the status
     counts of every block handed over; `error` the first exception, after
@@ -840,10 +841,16 @@ class _Writer:
         """Hand over block `i`: its computed columns, or None to read its part."""
         self._queue.put((i, result))
 
-    def close(self) -> None:
-        """Store every block handed over (unless the thread stopped), then stop it."""
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb) -> None:
+        """Store every block handed over (unless the thread stopped), stop the
+        thread, and raise its error unless an exception is already on its way."""
         self._queue.put(None)
         self._thread.join()
+        if kind is None and self.error is not None:
+            raise self.error
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
@@ -871,25 +878,19 @@ class _Writer:
 
 def _solve_blocks(plan: SweepPlan, blocks, done: set[int], writer: _Writer) -> None:
     """Compute `blocks` in order and hand them to `writer` (a block in `done` as
-    None: its part is read back). On any exception, Ctrl-C included, the blocks
-    already handed over are stored before it propagates."""
-    try:
-        solver = get_solver(plan.method)
-        values = tuple(jnp.asarray(a.values, plan.dtype) for a in plan.axes)
-        targets = tuple((a.field, a.task) for a in plan.axes)
-        itype = jnp.int64 if jax.config.jax_enable_x64 else jnp.int32
-        for i in blocks:
-            if writer.error is not None:
-                break
-            if i in done:
-                writer.put(i, None)
-                continue
-            writer.put(i, _compute_block_jit(plan.problem, values, jnp.asarray(i * plan.block, itype), targets,
-                                             plan.shape, solver, plan.integer, plan.block, plan.chunk, plan.devices))
-    finally:
-        writer.close()
-    if writer.error is not None:
-        raise writer.error
+    None: its part is read back), until the writer fails."""
+    solver = get_solver(plan.method)
+    values = tuple(jnp.asarray(a.values, plan.dtype) for a in plan.axes)
+    targets = tuple((a.field, a.task) for a in plan.axes)
+    itype = jnp.int64 if jax.config.jax_enable_x64 else jnp.int32
+    for i in blocks:
+        if writer.error is not None:
+            break
+        if i in done:
+            writer.put(i, None)
+            continue
+        writer.put(i, _compute_block_jit(plan.problem, values, jnp.asarray(i * plan.block, itype), targets,
+                                         plan.shape, solver, plan.integer, plan.block, plan.chunk, plan.devices))
 
 
 @contextlib.contextmanager

@@ -381,6 +381,23 @@ def test_two_processes_start_over_without_resume(tmp_path, paper, grid, whole, m
     assert out.read_bytes() == whole and not parts.exists()
 
 
+def test_a_process_started_again_without_resume_is_admitted_again(tmp_path, paper, grid, monkeypatch):
+    """Process 1, admitted to process 0's run (resume off), stopped and started again with
+    the same arguments while process 0 still runs: its new request replaces the stopped
+    call's join-1.json and process 0 admits it, instead of leaving it waiting."""
+    from jaxalloc.sweep import _admitting, _PartStore
+
+    monkeypatch.setenv("JAXALLOC_SWEEP_WAIT", "5")
+    out = tmp_path / "s.parquet"
+    plan = plan_sweep(paper, grid, block=16)
+    store, _ = _PartStore.create(out, plan, resume=False)
+    with _admitting(store):
+        first = _PartStore.join(out, plan, False, 1)  # admitted; then the process stops
+        again = _PartStore.join(out, plan, False, 1)  # the same process, started again
+    assert again.spec["run"] == first.spec["run"] == store.spec["run"]
+    assert again.spec["joined"]["1"] != first.spec["joined"]["1"]
+
+
 # ---------------------------------------------------------------- output problems, reruns
 
 CLI_GRID = ["sweep", "--arrival-rate", "0.005:0.3:5", "--alpha", "1:1000:7:log", "--block", "16", "--no-figures"]

@@ -17,6 +17,7 @@ import json
 import math
 from pathlib import Path
 
+from ..files import check_writable
 from .data import CalibrationError
 
 
@@ -88,16 +89,6 @@ def parse_prob(text: str | None):
         return [float(p) for p in parts]
     except ValueError:
         raise CalibrationError(f"--prob = {text!r}: expected 'uniform', NAME=SHARE,... or SHARE,...") from None
-
-
-def check_writable(flag: str, path: str) -> None:
-    """Raise CalibrationError before any work if `path` cannot be written, naming
-    the flag, the path and the reason (:func:`jaxalloc.files.why_unwritable`)."""
-    from ..files import why_unwritable
-
-    reason = why_unwritable(path)
-    if reason is not None:
-        raise CalibrationError(f"{flag}: cannot write {path}: {reason}")
 
 
 def _cmd_fit(args) -> int:

@@ -38,13 +38,14 @@ import csv
 import io
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from ..files import replacing
 
 REQUIRED_COLUMNS = ("task", "budget", "repeat", "correct", "service_s")
 OPTIONAL_COLUMNS = ("item", "prefill_s", "decode_s", "thinking_tokens", "answer_tokens")
@@ -438,14 +439,8 @@ def _append_parquet(path: Path, rows: list[dict], present: list[str], metadata: 
     schema = pa.schema([(c, getattr(pa, _ARROW_TYPES[_KINDS[c]])()) for c in present], metadata=kept or None)
     new = pa.table({c: [row.get(c) for row in rows] for c in present}, schema=schema)
     table = new if old is None else pa.concat_tables([old.cast(schema), new])
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with replacing(path) as tmp:
+        pq.write_table(table, str(tmp))
     return len(rows)
 
 

@@ -27,7 +27,7 @@ import os
 import sys
 from types import SimpleNamespace
 
-from .cli import check_writable
+from ..files import check_writable
 from .data import CalibrationError
 
 

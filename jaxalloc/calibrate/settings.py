@@ -31,12 +31,11 @@ measurement file is missing or empty describes no rows and is simply replaced.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..files import replacing
 from .data import _PARQUET_SUFFIXES, CalibrationError, parquet_metadata, resume_keys
 
 FORMAT = 1
@@ -91,16 +90,9 @@ def stored_settings(out: str | Path) -> tuple[dict, str] | None:
 
 
 def write_settings(out: str | Path, settings: Mapping[str, Any]) -> None:
-    """Write the sidecar of `out` (through a temporary file and an atomic rename)."""
-    sidecar = settings_path(out)
-    fd, tmp = tempfile.mkstemp(dir=sidecar.parent, prefix=sidecar.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(settings_document(settings) + "\n")
-        os.replace(tmp, sidecar)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write the sidecar of `out` whole (:func:`jaxalloc.files.replacing`)."""
+    with replacing(settings_path(out)) as tmp:
+        tmp.write_text(settings_document(settings) + "\n", encoding="utf-8")
 
 
 def _show(settings: Mapping[str, Any], key: str) -> str:
