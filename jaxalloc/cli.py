@@ -165,16 +165,6 @@ def _cmd_solve(args) -> int:
     return 0
 
 
-def _check_writable(flag: str, path: str) -> None:
-    """Fail before any work if `path` cannot be written: one `error:` line naming
-    the flag, the path and the reason (:func:`jaxalloc.files.why_unwritable`)."""
-    from .files import why_unwritable
-
-    reason = why_unwritable(path)
-    if reason is not None:
-        raise _UsageError(f"{flag}: cannot write {path}: {reason}")
-
-
 def _parse_budgets(text: str) -> list[float]:
     try:
         values = [float(x) for x in text.split(",")]
@@ -186,13 +176,14 @@ def _parse_budgets(text: str) -> list[float]:
 def _cmd_simulate(args) -> int:
     import numpy as np
 
+    from .files import check_writable
     from .simulate import SimulationError, format_simulation_report, simulate, simulation_report
 
     if args.plot is not None:  # fail before simulating: no matplotlib, or nowhere to write
         from .plots import _pyplot
 
         _pyplot()
-        _check_writable("--plot", args.plot)
+        check_writable("--plot", args.plot)
     problem, name = _load(args.profile, args)
     if args.budgets is not None:
         budgets = np.asarray(_parse_budgets(args.budgets))
@@ -330,12 +321,13 @@ def _cmd_verify(args) -> int:
         raise _UsageError(f"--points = {args.points}: must be >= 1")
     report = verify(problem, points=args.points, seed=args.seed)
     print(json.dumps(report, indent=2) if args.json else f"jaxalloc verify: {name}\n" + format_verify_report(report))
-    return 1 if report["failed"] else 0  # a lemma not applicable to this profile is no failure
+    return 0 if report["pass"] else 1  # a lemma not applicable to this profile is no failure
 
 
 def _cmd_sensitivity(args) -> int:
     import numpy as np
 
+    from .files import check_writable
     from .plots import plot_budget_curve, plot_parameter_curve
     from .sensitivity import budget_curve, parameter_curve, simulated_budget_points, task_index
 
@@ -349,8 +341,8 @@ def _cmd_sensitivity(args) -> int:
     if not os.path.basename(args.out):
         raise _UsageError(f"--out = '{args.out}': a folder; give a file prefix, e.g. {args.out}sensitivity")
     csv_path, png_path = f"{args.out}.csv", f"{args.out}.png"
-    _check_writable("--out", csv_path)
-    _check_writable("--out", png_path)
+    check_writable("--out", csv_path)
+    check_writable("--out", png_path)
     if args.task is not None:
         task_index(problem, args.task)  # unknown task: error before any work
         curve = budget_curve(problem, args.task, values)
