@@ -39,6 +39,22 @@ def log_response_scale(problem: Problem) -> Float[Array, " N"]:
     return jnp.log(problem.alpha) + jnp.log(problem.A) + 2.0 * jnp.log(problem.b) - 2.0 * jnp.log(problem.c)
 
 
+def unprojected_response(problem: Problem, m1, m2, log_scale=None) -> Float[Array, " N"]:
+    """ℓ̂(m1, m2) of eq. 22, before the projection onto [0, ℓ_max] (may be negative).
+
+    **Arguments:** as :func:`best_response`.
+    """
+    T1, T2 = delay_prices(problem.arrival_rate, m1, m2)
+    b, c = problem.b, problem.c
+    if log_scale is None:
+        log_scale = log_response_scale(problem)
+    log_bL = log_scale - jnp.log(2.0 * T2)  # log(b_k L_k), L_k of eq. 20
+    K = -(T1 + 2.0 * T2 * problem.t0) / (2.0 * T2 * c)  # eq. 21
+    s = log_bL - b * K  # log z_k of eq. 22, z_k itself never formed
+    log_w = log_lambertw_log(s)  # log W(z), from s, with no logarithm evaluated
+    return (log_bL - log_w) / b  # = K + W(z)/b (eq. 22)
+
+
 def best_response(problem: Problem, m1, m2, log_scale=None) -> Float[Array, " N"]:
     """Budgets ℓ(m1, m2) solving the KKT conditions at the given moments (eqs. 20–23).
 
@@ -51,16 +67,7 @@ def best_response(problem: Problem, m1, m2, log_scale=None) -> Float[Array, " N"
     **Returns:** ℓ clipped to [0, ℓ_max], shape (N,). The fixed point
     ℓ = best_response(moments(ℓ)) is the optimum ℓ* of (9).
     """
-    T1, T2 = delay_prices(problem.arrival_rate, m1, m2)
-    b, c = problem.b, problem.c
-    if log_scale is None:
-        log_scale = log_response_scale(problem)
-    log_bL = log_scale - jnp.log(2.0 * T2)  # log(b_k L_k), L_k of eq. 20
-    K = -(T1 + 2.0 * T2 * problem.t0) / (2.0 * T2 * c)  # eq. 21
-    s = log_bL - b * K  # log z_k of eq. 22, z_k itself never formed
-    log_w = log_lambertw_log(s)  # log W(z), from s, with no logarithm evaluated
-    ell_hat = (log_bL - log_w) / b  # = K + W(z)/b (eq. 22)
-    return jnp.clip(ell_hat, 0.0, problem.max_tokens)  # eq. 23
+    return jnp.clip(unprojected_response(problem, m1, m2, log_scale), 0.0, problem.max_tokens)  # eq. 23
 
 
 def fixed_point_map(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, " N"]:

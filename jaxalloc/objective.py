@@ -145,10 +145,16 @@ def kkt_residual(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, 
 
 
 def integer_lower_bound(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, ""]:
-    """J̄(ℓ*) of eq. 41: a lower bound on J at any integer ℓ with |ℓ_k − ℓ*_k| ≤ 1.
+    """J̄(ℓ*) of eq. 41: a lower bound on J at any integer ℓ in [0, ℓ_max]^N with |ℓ_k − ℓ*_k| ≤ 1.
 
-    J̄ = α Σ π_k (A_k (1 − e^{−b_k(ℓ_k − 1)}) + D_k)
+    J̄ = α Σ π_k (A_k (1 − e^{−b_k max(ℓ_k − 1, 0)}) + D_k)
         − (λE[S²] + 2 c_max) / (2 (1 − λ(E[S] + c_max))) − E[S].
+
+    The accuracy term is the worst case over those integers: p_k rises with
+    ℓ_k and ℓ_k ≥ max(ℓ*_k − 1, 0), budgets being non-negative. The paper
+    prints p_k(ℓ*_k − 1), equal for ℓ*_k ≥ 1; below, it extrapolates p_k to
+    negative budgets, where A_k e^{b_k} overflows (J̄ = −inf at ℓ*_k = 0 for
+    b_k ≳ 710 in float64).
 
     Valid only when λ (E[S] + c_max) < 1; returns −inf otherwise. (The bound
     holds as printed: its delay term exceeds the exact worst case
@@ -158,7 +164,7 @@ def integer_lower_bound(problem: Problem, budgets: Float[Array, " N"]) -> Float[
     lam = problem.arrival_rate
     m1, m2 = moments(problem, budgets)
     c_max = jnp.max(problem.c, axis=-1)
-    accuracy = mean_accuracy(problem, budgets - 1.0)
+    accuracy = mean_accuracy(problem, jnp.maximum(budgets - 1.0, 0.0))  # eq. 41, ℓ_k ≥ 0
     slack = 1.0 - lam * (m1 + c_max)
     ok = slack > 0
     delay = (lam * m2 + 2.0 * c_max) / (2.0 * jnp.where(ok, slack, 1.0)) + m1

@@ -16,6 +16,7 @@ class Status(enum.IntEnum):
     MAX_STEPS_REACHED = 1
     UNSTABLE_QUEUE = 2  # λ Σ π_k t0_k ≥ 1: no budget gives a stable queue (eq. 4)
     NONFINITE = 3  # a NaN or inf appeared (bad parameters reached jit unchecked)
+    KKT_NOT_MET = 4  # the solver stopped, but the result fails the KKT check (see final_status)
 
     @property
     def label(self) -> str:
@@ -31,6 +32,8 @@ _MESSAGES = {
     Status.MAX_STEPS_REACHED: "the solver reached its maximum number of steps before its tolerance",
     Status.UNSTABLE_QUEUE: "the queue is unstable even at zero budgets (λ·Σπ_k t0_k ≥ 1)",
     Status.NONFINITE: "a non-finite value (NaN or inf) appeared",
+    Status.KKT_NOT_MET: "the solver met its stopping test, but the result fails the KKT check "
+                        "(the KKT residual in tokens exceeds the tolerance; stopped early?)",
 }
 
 
@@ -57,9 +60,23 @@ class Solution(eqx.Module):
         return self.status == Status.CONVERGED
 
 
-def final_status(converged, budgets, value, stable0) -> Array:
-    """Combine a solver's outcome into one int32 :class:`Status` code."""
+def final_status(converged, budgets, value, stable0, stationary) -> Array:
+    """Combine a solver's outcome into one int32 :class:`Status` code.
+
+    **Arguments:**
+
+    - `converged`: the solver's own stopping test.
+    - `budgets`, `value`: its result ℓ and J(ℓ).
+    - `stable0`: whether the queue is stable at ℓ = 0.
+    - `stationary`: the solver-independent KKT check of :func:`jaxalloc.solve.stationary`:
+      the KKT residual in tokens (‖P(ℓ + ∇J/diag(−∇²J)) − ℓ‖∞) at most
+      :func:`jaxalloc.solvers.base.kkt_tolerance` × max(1, ‖ℓ‖∞), i.e. 1e-9
+      (float64) or 2e-3 (float32) relative.
+
+    A point is `CONVERGED` only if the solver says so and the check holds;
+    `KKT_NOT_MET` if the solver says so but the check fails.
+    """
     finite = jnp.all(jnp.isfinite(budgets), axis=-1) & jnp.isfinite(value)
-    status = jnp.where(converged, Status.CONVERGED, Status.MAX_STEPS_REACHED)
+    status = jnp.where(converged, jnp.where(stationary, Status.CONVERGED, Status.KKT_NOT_MET), Status.MAX_STEPS_REACHED)
     status = jnp.where(finite, status, Status.NONFINITE)
     return jnp.where(stable0, status, Status.UNSTABLE_QUEUE).astype(jnp.int32)

@@ -1,5 +1,6 @@
-"""Shared test setup: float64, a tree-closeness helper, problem factories."""
+"""Shared test setup: float64, a tree-closeness helper, problem factories, the hypothesis seed."""
 
+import datetime
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
@@ -10,15 +11,61 @@ jax.config.update("jax_enable_x64", True)
 
 import numpy as np
 import pytest
-from hypothesis import settings
-
-# Property tests draw the same examples on every run (CI lands only green runs);
-# HYPOTHESIS_PROFILE=random explores new ones.
-settings.register_profile("derandomized", derandomize=True, deadline=None)
-settings.register_profile("random", deadline=None)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "derandomized"))
+from hypothesis import is_hypothesis_test, settings
 
 import jaxalloc as ja
+
+SEED_ENV = "JAXALLOC_HYPOTHESIS_SEED"
+
+
+def hypothesis_seed(environ=os.environ, today: datetime.date | None = None) -> tuple[int, str]:
+    """(seed, where it came from) for the property tests: the integer in
+    $JAXALLOC_HYPOTHESIS_SEED when set, else today's UTC date as YYYYMMDD. All
+    runs of one day (CI's included) draw the same examples; each day draws new ones."""
+    value = environ.get(SEED_ENV, "").strip()
+    if value:
+        return int(value), f"${SEED_ENV}"
+    today = today or datetime.datetime.now(datetime.timezone.utc).date()
+    return int(today.strftime("%Y%m%d")), f"the date {today.isoformat()} (UTC)"
+
+
+# Profiles (HYPOTHESIS_PROFILE): "dated" (default) seeds every property test with
+# hypothesis_seed(); "random" draws a fresh seed per test (hypothesis prints it on a
+# failure); "derandomized" replays one fixed list of examples forever.
+settings.register_profile("dated", deadline=None, database=None)
+settings.register_profile("random", deadline=None)
+settings.register_profile("derandomized", derandomize=True, deadline=None)
+PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "dated")
+settings.load_profile(PROFILE)
+SEED, SEED_SOURCE = hypothesis_seed() if PROFILE == "dated" else (None, "")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """Hand SEED to hypothesis's pytest plugin as if given as --hypothesis-seed
+    (which, when given, wins); the plugin's own configure runs after this one."""
+    if SEED is not None and config.getoption("hypothesis_seed", None) is None:
+        config.option.hypothesis_seed = str(SEED)
+
+
+def _seed_line(config) -> str:
+    seed = config.getoption("hypothesis_seed", None)
+    if seed is None:
+        return f"hypothesis seed: none fixed (profile {PROFILE!r})"
+    source = SEED_SOURCE if seed == str(SEED) else "--hypothesis-seed"
+    return f"hypothesis seed: {seed} (from {source}); replay with {SEED_ENV}={seed}"
+
+
+def pytest_report_header(config):
+    return _seed_line(config)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call" and report.failed and is_hypothesis_test(getattr(item, "obj", None)):
+        report.sections.append(("hypothesis seed", _seed_line(item.config)))
+    return report
 
 
 def assert_tree_close(a, b, rtol=1e-12, atol=0.0):

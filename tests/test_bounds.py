@@ -54,3 +54,15 @@ def test_gradient_step_bound_gives_monotone_ascent(paper):
 
     _, values = jax.lax.scan(step, jnp.zeros(6), None, length=3000)
     assert bool(jnp.all(jnp.diff(values) >= -1e-12))
+
+
+@settings(max_examples=30, deadline=None)
+@given(problem=problems(task_counts=(1, 6, 64)))
+def test_contraction_constant_is_never_below_one(problem):
+    """L∞ of eq. 26 ≥ Σ_j π_j c_j / min_k c_k ≥ 1 (take k with the smallest c_k: its
+    bracket is ≥ 1), so Lemma 2's sufficient condition L∞ < 1 holds for no problem."""
+    floor = float(jnp.sum(problem.prob * problem.c) / jnp.min(problem.c))
+    assert floor >= 1 - 1e-12
+    for region in (paper_box(problem), superlevel_region(problem, jnp.zeros_like(problem.A))):
+        if float(region.rho_max) < 1:
+            assert float(contraction_constant(problem, region)) >= floor * (1 - 1e-12)

@@ -83,3 +83,35 @@ def test_enumeration_batched_equals_points_and_argmax():
     values = np.random.default_rng(0).integers(0, 5, (200, 64)).astype(np.float64)  # many ties
     values[:3] = -np.inf  # all candidates unstable: index 0, as argmax
     np.testing.assert_array_equal(np.asarray(_first_argmax(jnp.asarray(values))), np.argmax(values, axis=-1))
+
+
+@pytest.mark.parametrize("A0", [0.3, 1e-6])
+def test_lower_bound_finite_and_valid_at_steep_accuracy(A0):
+    """b_0 = 1000 puts ℓ*_0 below one token (0.012 with A_0 = 0.3) or at 0 (A_0 = 1e-6):
+    eq. 41 as printed, p(ℓ* − 1), overflowed there to J̄ = −inf. The bound takes p at
+    max(ℓ* − 1, 0), the least any integer budget within 1 of ℓ* can have, and stays
+    below J at every such integer point and below the integer optimum found by brute
+    force over [0, 4] × [0, 120]² with the reference objective."""
+    problem = ja.make_problem(arrival_rate=0.5, alpha=10.0, max_tokens=32768.0, A=[A0, 0.5, 0.4],
+                              b=[1000.0, 0.05, 0.02], D=[0.2, 0.1, 0.3], t0=[0.3, 0.5, 0.8],
+                              c=[0.01, 0.02, 0.005], prob=[0.3, 0.3, 0.4])
+    star = np.asarray(ja.solve(problem).budgets)
+    assert star[0] < 0.3  # e^{b_0 (1 - ℓ*_0)} > e^{700}: beyond float64 in the printed form
+    bound = float(ja.integer_lower_bound(problem, jnp.asarray(star)))
+    assert np.isfinite(bound) and bool(ja.integer_bound_holds(problem, jnp.asarray(star)))
+
+    p = params(problem)  # eq. 41 written out, with the worst accuracy at max(ℓ* − 1, 0)
+    t = p["t0"] + p["c"] * star
+    m1, m2, c_max = p["pi"] @ t, p["pi"] @ (t * t), p["c"].max()
+    accuracy = p["pi"] @ (p["A"] * (1 - np.exp(-p["b"] * np.maximum(star - 1, 0))) + p["D"])
+    expected = p["alpha"] * accuracy - (p["lam"] * m2 + 2 * c_max) / (2 * (1 - p["lam"] * (m1 + c_max))) - m1
+    assert bound == pytest.approx(expected, rel=1e-13)
+    assert bound == pytest.approx(3.14448 if A0 == 0.3 else 3.14455, abs=1e-5)
+
+    grid = itertools.product(range(5), range(121), range(121))
+    values = {ell: reference_J(p, np.array(ell, float))[0] for ell in grid}
+    best = max(values, key=values.get)
+    near = [v for ell, v in values.items() if np.all(np.abs(np.array(ell) - star) <= 1)]
+    assert bound <= min(near) <= values[best] <= float(ja.objective(problem, jnp.asarray(star)))
+    assert values[best] == pytest.approx(float(ja.objective(problem, ja.integer_budgets(problem, jnp.asarray(star)))),
+                                         rel=1e-12)

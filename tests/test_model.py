@@ -138,3 +138,21 @@ def test_bundled_profiles_load():
         path = Path(ja.__file__).parent / "profiles" / f"{name}.toml"
         problem = ja.load_profile(path)
         assert all(problem.names) and len(set(problem.names)) == problem.num_tasks
+
+
+def test_hypothesis_seed_comes_from_the_date_or_the_environment():
+    """The property tests' seed (tests/conftest.py): new each day, fixed by the variable."""
+    import datetime
+
+    import hypothesis.core
+    from conftest import PROFILE, SEED, SEED_ENV, hypothesis_seed
+
+    day1, day2 = datetime.date(2025, 3, 1), datetime.date(2025, 3, 2)
+    assert hypothesis_seed({}, day1) == (20250301, "the date 2025-03-01 (UTC)")
+    assert hypothesis_seed({}, day2)[0] == 20250302
+    assert hypothesis_seed({SEED_ENV: "42"}, day1) == hypothesis_seed({SEED_ENV: " 42 "}, day2) == (42, f"${SEED_ENV}")
+    if PROFILE == "dated":  # this run is seeded with it, through hypothesis's plugin, not derandomized
+        from hypothesis import settings
+
+        assert not settings.default.derandomize
+        assert hypothesis.core.global_force_seed == SEED

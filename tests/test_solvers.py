@@ -5,11 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
-
-import jaxalloc as ja
 from problems import problems, random_problem
 from reference import J as reference_J
-from reference import params, scipy_solve
+from reference import neg_hessian, params, scipy_solve
+from test_verify import eq22_reference
+
+import jaxalloc as ja
+from jaxalloc.solvers.base import kkt_tolerance
 
 PAPER_OPT = np.array([0.0, 340.89, 0.0, 0.0, 346.24, 30.14])
 FAST = ["newton", "fixed-point", "scaled-gradient", "projected-newton"]
@@ -196,3 +198,72 @@ def test_solve_many_sharded_equals_unsharded(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert float(out.stdout.strip()) <= 1e-12
+
+
+EARLY = {  # stopping tolerances so loose that each solver stops after at most one step
+    "newton": ja.AggregateNewton(tol=1e6),
+    "fixed-point": ja.FixedPoint(tol=1e6),
+    "scaled-gradient": ja.ScaledGradient(tol=1e6),
+    "projected-newton": ja.ProjectedNewton(tol=1e6),
+    "gradient": ja.ProjectedGradient(tol=1e6, check_every=1),
+}
+
+
+@pytest.mark.parametrize("method", list(EARLY))
+def test_a_solver_stopped_early_is_not_converged(paper, method):
+    """Each solver's own test says done, far from ℓ* (scipy's): the result fails the KKT
+    check, whose tolerance does not follow the solver's, and is not reported converged."""
+    solver = EARLY[method]
+    budgets, steps, done = solver(paper)
+    assert bool(done) and int(steps) <= 1
+    ref, _, _ = scipy_solve(paper)
+    distance = float(np.max(np.abs(np.asarray(budgets) - ref)))
+    tolerance = kkt_tolerance(jnp.float64) * max(1.0, float(np.max(ref)))  # 3.5e-7 tokens here
+    assert distance > 1e3 * tolerance
+    sol = ja.solve(paper, solver, throw=False)
+    assert int(sol.status) == ja.Status.KKT_NOT_MET
+    with pytest.raises(ja.SolveError, match="fails the KKT check"):
+        ja.solve(paper, solver)
+    batch = ja.solve_many(paper, solver, arrival_rate=np.array([0.05, 0.1]))  # the vmapped path too
+    assert list(np.asarray(batch.status)) == [ja.Status.KKT_NOT_MET] * 2
+
+
+def test_kkt_check_measures_tokens_against_a_reference(paper):
+    """The residual behind the check, ∇J / diag(−∇²J) projected, equals the hand-written
+    reference (eqs. 10, 15, 33–34) and tracks the distance to ℓ* in tokens."""
+    from jaxalloc.solve import scaled_kkt_residual, stationary
+
+    ref_star, _, _ = scipy_solve(paper)
+    p = params(paper)
+    rng = np.random.default_rng(1)
+    for ell in [PAPER_OPT, ref_star + rng.normal(0, 0.5, 6).clip(0), np.array([5.0, 300.0, 0.0, 2.0, 360.0, 20.0])]:
+        _, grad = reference_J(p, ell)
+        expected = np.abs(np.clip(grad / np.diag(neg_hessian(p, ell)), -ell, p["lmax"] - ell))
+        np.testing.assert_allclose(scaled_kkt_residual(paper, jnp.asarray(ell)), expected, rtol=1e-9, atol=1e-13)
+    star = ja.solve(paper).budgets
+    assert bool(stationary(paper, star))
+    for shift in (1e-6, 1e-3):  # on a free budget: the residual is the shift, to first order
+        moved = star.at[1].add(shift)
+        assert float(scaled_kkt_residual(paper, moved)[1]) == pytest.approx(shift, rel=1e-2)
+    assert bool(stationary(paper, star.at[1].add(1e-8))) and not bool(stationary(paper, star.at[1].add(1e-5)))
+
+
+def test_status_labels_and_messages():
+    """Every status has a lowercase label (the sweep's dictionary, the JSON `status`) and a message."""
+    assert [s.label for s in ja.Status] == ["converged", "max_steps_reached", "unstable_queue", "nonfinite",
+                                            "kkt_not_met"]
+    assert all(s.message for s in ja.Status)
+
+
+def test_fixed_point_first_step_is_not_halved(paper):
+    """The adaptive damping has no previous residual at its first step: θ stays 0.7
+    (it used to halve to 0.35 and cap θ at 0.56 for good), so from ℓ = 0 the first
+    iterate is 0.7 ℓ̂(0) of eq. 22 (NumPy/scipy reference), and on the paper point,
+    where nothing oscillates, it takes the 21 steps of fixed θ = 0.7 (it took 32)."""
+    one = ja.solve(paper, ja.FixedPoint(max_steps=1), throw=False)
+    expected = 0.7 * np.clip(eq22_reference(paper, np.zeros(6)), 0, float(paper.max_tokens))
+    np.testing.assert_allclose(one.budgets, expected, rtol=1e-12)
+    assert float(one.budgets[1]) == pytest.approx(0.7 * 364.2042, abs=1e-3)
+    adaptive = ja.solve(paper, ja.FixedPoint())
+    fixed = ja.solve(paper, ja.FixedPoint(adaptive=False))
+    assert int(adaptive.iterations) == int(fixed.iterations) == 21

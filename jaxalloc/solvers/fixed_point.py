@@ -57,14 +57,16 @@ class FixedPoint(eqx.Module):
             if self.adaptive:  # back off on growth by >10% or on a reversal (period-2 oscillation)
                 grows = jnp.max(jnp.abs(r)) > 1.1 * jnp.max(jnp.abs(last))
                 reverses = jnp.sum(r * last) < -0.5 * jnp.sqrt(jnp.sum(r * r) * jnp.sum(last * last))
-                bad = grows | reverses
+                # the first step has no previous residual to compare with (`last` starts at 0)
+                bad = (grows | reverses) & (step > 0)
                 cap_theta = jnp.where(bad, 0.8 * theta, cap_theta)  # never again reach a θ that failed
                 theta = jnp.where(bad, 0.5 * theta, jnp.minimum(cap_theta, 1.1 * theta))
             rho = lam * moments(problem, ell)[0]
             rise = lam * jnp.sum(problem.prob * problem.c * r)  # ρ(ℓ + r) − ρ(ℓ), exact: E[S] is affine
             cap = jnp.where(rise > 0, 0.5 * (1.0 - rho) / rise, jnp.inf)
             # converged: finish with the undamped map, whose value is the accurate best response
-            ell_new = ell + jnp.where(done, 1.0, jnp.minimum(theta, cap)) * r
+            # (within the cap too: a `tol` loose enough to stop far from ℓ* could leave the region)
+            ell_new = ell + jnp.minimum(jnp.where(done, 1.0, theta), cap) * r
             return ell_new, theta, cap_theta, r, step + 1, done
 
         theta0 = jnp.asarray(self.damping, dtype)

@@ -46,7 +46,10 @@ def hessian_structure(problem: Problem, ell):
 def hessian_diagonal(problem: Problem, ell):
     """diag(−∇²J(ℓ)) = h + diag(U Q Uᵀ), in O(N), from the same autodiff pieces."""
     U, Q, h = hessian_structure(problem, ell)
-    return h + jnp.einsum("ki,ij,kj->k", U, Q, U)
+    u1, u2 = U[..., 0], U[..., 1]
+    # diag(U Q Uᵀ) written out: as an einsum, XLA:CPU makes it a batched dot under
+    # vmap (102,400 points at N = 6, 2 cores: 55 → 9 ms)
+    return h + Q[0, 0] * u1 * u1 + (Q[0, 1] + Q[1, 0]) * u1 * u2 + Q[1, 1] * u2 * u2
 
 
 def _woodbury_solve(U, Q, h, free, g):
@@ -122,11 +125,13 @@ class ProjectedNewton(eqx.Module):
             # level of J
             decrement = jnp.sum(jnp.where(active, 0.0, g * d))
             flat = decrement <= 16 * jnp.finfo(ell.dtype).eps * (1.0 + jnp.abs(value))
-            # there J can no longer rank the points, but the full Newton step is exact
-            # to the gradient's precision: take it without the line search, and stop
+            # there J can no longer rank the points, but the gradient still can: take the
+            # full Newton step without the line search, until the step itself is below
+            # tol (in float32 "flat" is met up to ~1 token from ℓ*, the 1e-3 of the KKT
+            # check: stopping at the first flat step left 0.07 tokens at ℓ* ≈ 9)
             new = jnp.where(flat, ell + full, new)
             val = jnp.where(flat, objective(problem, new), val)
-            done = small_enough(full, ell, tol) | flat
+            done = small_enough(full, ell, tol)
             return new, val, steps + 1, done
 
         state = (ell0, objective(problem, ell0), jnp.asarray(0), ~jnp.asarray(active))
