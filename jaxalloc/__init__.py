@@ -43,7 +43,6 @@ from .simulate import (
 )
 from .solution import Solution, Status
 from .solve import SolveError, get_solver, solve, solve_many, solve_point
-from .sweep import SweepError, SweepResult, parse_range, sweep
 from .solvers import AggregateNewton, FixedPoint, ProjectedGradient, ProjectedNewton, ScaledGradient
 from .solvers.integer import (
     MAX_ENUMERATE_TASKS,
@@ -52,13 +51,14 @@ from .solvers.integer import (
     integer_budgets,
     round_budgets,
 )
+from .sweep import SweepError, SweepResult, parse_range, sweep
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAX_ENUMERATE_TASKS",
     "AggregateNewton",
     "FixedPoint",
-    "MAX_ENUMERATE_TASKS",
     "Problem",
     "ProblemError",
     "ProjectedGradient",
@@ -69,6 +69,8 @@ __all__ = [
     "Solution",
     "SolveError",
     "Status",
+    "SweepError",
+    "SweepResult",
     "bundled_profiles",
     "coordinate_search",
     "delay_prices",
@@ -83,8 +85,8 @@ __all__ = [
     "kkt_residual",
     "lambertw",
     "lambertw_log",
-    "log_lambertw_log",
     "load_profile",
+    "log_lambertw_log",
     "make_problem",
     "mean_accuracy",
     "mean_system_time",
@@ -93,6 +95,7 @@ __all__ = [
     "objective",
     "optimal_budgets",
     "paper_profile",
+    "parse_range",
     "problem_from_dict",
     "problem_to_toml",
     "round_budgets",
@@ -103,11 +106,8 @@ __all__ = [
     "solve",
     "solve_many",
     "solve_point",
+    "sweep",
     "task_accuracy",
     "utilization",
     "validate",
-    "sweep",
-    "SweepError",
-    "SweepResult",
-    "parse_range",
 ]

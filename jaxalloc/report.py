@@ -102,7 +102,7 @@ def format_report(report: dict[str, Any], title: str = "") -> str:
         f"mean wait E[W]         {fmt(report['mean_wait'], '.4f')} s",
         f"mean system time E[T]  {fmt(report['mean_system_time'], '.4f')} s",
         f"utilization ρ          {fmt(report['utilization'], '.4f')}",
-        f"status                 {report['status']} after {report['iterations']} iterations, "
-        f"KKT residual {fmt(report['kkt_residual'], '.2e')}",
+        (f"status                 {report['status']} after {report['iterations']} iterations, "
+         f"KKT residual {fmt(report['kkt_residual'], '.2e')}"),
     ]
     return "\n".join(lines)

@@ -27,6 +27,10 @@ from .solvers.base import kkt_tolerance, small_enough
 from .solvers.newton_batched import newton_batch
 from .solvers.projected_newton import hessian_diagonal
 
+DEFAULT_SOLVER = AggregateNewton()
+"""The solver of :func:`solve_point` and :func:`solve_batch` when none is given
+(a module of hyperparameters only, so one instance serves every call)."""
+
 
 class SolveError(RuntimeError):
     """A solve ended in a status other than converged."""
@@ -89,7 +93,7 @@ def _summarize(problem: Problem, budgets, steps, done, stable0) -> Solution:
     )
 
 
-def solve_point(problem: Problem, solver=AggregateNewton(), start=None) -> Solution:
+def solve_point(problem: Problem, solver=DEFAULT_SOLVER, start=None) -> Solution:
     """Solve (9) for one problem; pure JAX, safe under `jit` and `vmap`.
 
     **Arguments:**
@@ -106,7 +110,7 @@ def solve_point(problem: Problem, solver=AggregateNewton(), start=None) -> Solut
     return _summarize(problem, budgets, steps, done, stable0)
 
 
-def solve_batch(problem: Problem, fields: dict, solver=AggregateNewton(), *, warm_start: int = 16) -> Solution:
+def solve_batch(problem: Problem, fields: dict, solver=DEFAULT_SOLVER, *, warm_start: int = 16) -> Solution:
     """Solve a batch of points, like `vmap(solve_point)`, but faster.
 
     **Arguments:**

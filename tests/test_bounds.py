@@ -4,10 +4,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from hypothesis import given, settings
+from problems import problems
 
 import jaxalloc as ja
-from jaxalloc.bounds import contraction_constant, lemma3_matrix, lemma3_row_sums, lipschitz_constant, paper_box, superlevel_region
-from problems import problems
+from jaxalloc.bounds import (
+    contraction_constant,
+    lemma3_matrix,
+    lemma3_row_sums,
+    lipschitz_constant,
+    paper_box,
+    superlevel_region,
+)
 
 
 def test_paper_box_is_unstable_by_a_factor_of_about_40(paper):

@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from problems import random_problem
 
 import jaxalloc as ja
 from jaxalloc.implicit import optimal_budgets
-from problems import random_problem
 
 _JVP = jax.jit(lambda p, dp: jax.jvp(optimal_budgets, (p,), (dp,))[1])  # one compilation per N
 FIELDS = ["arrival_rate", "alpha", "max_tokens", "prob", "A", "b", "D", "t0", "c"]

@@ -5,11 +5,11 @@ import itertools
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import jaxalloc as ja
 from problems import random_problem
 from reference import J as reference_J
 from reference import params
+
+import jaxalloc as ja
 
 
 def _brute_force(problem, star):

@@ -1,6 +1,5 @@
 import jax
 
-
 jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp
@@ -9,7 +8,6 @@ import pytest
 import scipy.special
 
 from jaxalloc.lambertw import lambertw, lambertw_log
-
 
 # Compilation dominates the run time: inputs are built in numpy, and most arrays
 # share one length, so that each (function, shape, dtype) is compiled once.

@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
-
-import jaxalloc as ja
 from problems import problems, random_problem
 from reference import J as reference_J
 from reference import neg_hessian, params
+
+import jaxalloc as ja
 
 
 def _interior_points(problem, count, seed=0):
@@ -84,7 +84,7 @@ def test_integer_lower_bound_holds_for_every_neighbour(paper):
         assert bool(ja.integer_bound_holds(problem, star))
         lo, hi = np.floor(star), np.ceil(star)
         bits = (np.arange(64)[:, None] >> np.arange(6)) & 1
-        values = jax.vmap(lambda x: ja.objective(problem, x))(jnp.where(bits, hi, lo))
+        values = jax.vmap(lambda x, problem=problem: ja.objective(problem, x))(jnp.where(bits, hi, lo))
         assert bound <= float(values.min())
         assert bound <= float(ja.solve(problem).objective)
 

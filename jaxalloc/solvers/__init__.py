@@ -13,4 +13,4 @@ METHODS = {
     "projected-newton": ProjectedNewton,
 }
 
-__all__ = ["AggregateNewton", "ProjectedNewton", "FixedPoint", "ProjectedGradient", "ScaledGradient", "METHODS"]
+__all__ = ["METHODS", "AggregateNewton", "FixedPoint", "ProjectedGradient", "ProjectedNewton", "ScaledGradient"]

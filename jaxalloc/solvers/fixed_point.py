@@ -47,7 +47,7 @@ class FixedPoint(eqx.Module):
         dtype = ell0.dtype
 
         def cond(state):
-            ell, theta, cap_theta, last, step, done = state
+            ell, _theta, _cap_theta, _last, step, done = state
             return (~done) & jnp.all(jnp.isfinite(ell)) & (step < self.max_steps)
 
         def body(state):

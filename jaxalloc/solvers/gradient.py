@@ -27,8 +27,8 @@ from ..bounds import lipschitz_constant, superlevel_region
 from ..kkt import fixed_point_map
 from ..model import Problem
 from ..objective import gradient, moments
-from .projected_newton import hessian_diagonal
 from .base import resolve_tol, small_enough
+from .projected_newton import hessian_diagonal
 
 
 def _converged(problem, ell, tol):
@@ -115,7 +115,7 @@ class ScaledGradient(eqx.Module):
                 return jnp.where(stable, jnp.sum(gradient(problem, x) * d), -jnp.inf)
 
             def search_cond(c):
-                t, s, k = c
+                _t, s, k = c
                 return (k < self.max_searches) & ~(s >= 0)
 
             def search_body(c):

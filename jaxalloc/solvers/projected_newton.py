@@ -87,7 +87,7 @@ class ProjectedNewton(eqx.Module):
         ell0 = jnp.zeros_like(problem.A) if start is None else start
 
         def cond(state):
-            ell, value, steps, done = state
+            _ell, value, steps, done = state
             return (~done) & (steps < self.max_steps) & jnp.isfinite(value)
 
         def body(state):
