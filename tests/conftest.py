@@ -31,9 +31,11 @@ def hypothesis_seed(environ=os.environ, today: datetime.date | None = None) -> t
 
 # Profiles (HYPOTHESIS_PROFILE): "dated" (default) seeds every property test with
 # hypothesis_seed(); "random" draws a fresh seed per test (hypothesis prints it on a
-# failure); "derandomized" replays one fixed list of examples forever.
-settings.register_profile("dated", deadline=None, database=None)
-settings.register_profile("random", deadline=None)
+# failure); "derandomized" replays one fixed list of examples forever. A profile
+# inherits the default in force when it is registered, and hypothesis makes that its
+# derandomized "ci" profile when $CI is set: so each names derandomize itself.
+settings.register_profile("dated", derandomize=False, deadline=None, database=None)
+settings.register_profile("random", derandomize=False, deadline=None)
 settings.register_profile("derandomized", derandomize=True, deadline=None)
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "dated")
 settings.load_profile(PROFILE)
