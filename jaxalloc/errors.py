@@ -1,4 +1,4 @@
-"""Exceptions shared by the long-running commands."""
+"""Exceptions shared across the package."""
 
 from __future__ import annotations
 
@@ -11,3 +11,7 @@ class Interrupted(KeyboardInterrupt):
     ``interrupted: ...``, and exits with status 130. It is a
     :class:`KeyboardInterrupt`, so code that does not know it still stops.
     """
+
+
+class ProblemError(ValueError):
+    """A problem or profile value is invalid; the message names field and value."""

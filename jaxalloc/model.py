@@ -26,18 +26,19 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .errors import ProblemError
+from .servers import SWEEPABLE, Server, default_server, server_from_dict, server_to_toml
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
 TASK_FIELDS = ("A", "b", "D", "t0", "c")
-TOP_FIELDS = ("name", "arrival_rate", "alpha", "max_tokens", "tasks")
+TOP_FIELDS = ("name", "arrival_rate", "alpha", "max_tokens", "tasks", "server")
 PROB_TOLERANCE = 1e-6
 
 
-class ProblemError(ValueError):
-    """A problem or profile value is invalid; the message names field and value."""
 
 
 class Problem(eqx.Module):
@@ -52,6 +53,9 @@ class Problem(eqx.Module):
     - `A`, `b`, `D`: accuracy curve of eq. 2, shape (N,).
     - `t0`, `c`: service time of eq. 1 (seconds, seconds per token), shape (N,).
     - `names`: task names (static).
+    - `server`: the server model (:mod:`jaxalloc.servers`); default one FIFO
+      server, the paper's M/G/1. Its parameters are leaves of the problem, so
+      `replace`, `vmap` and `grad` reach them like any other field.
     """
 
     arrival_rate: Float[Array, ""]
@@ -64,18 +68,30 @@ class Problem(eqx.Module):
     t0: Float[Array, " N"]
     c: Float[Array, " N"]
     names: tuple[str, ...] = eqx.field(static=True, default=())
+    server: Server = eqx.field(default_factory=default_server)
 
     @property
     def num_tasks(self) -> int:
         return self.A.shape[-1]
 
     def replace(self, **changes: Any) -> Problem:
-        """A copy with some fields replaced (scalars are converted to arrays)."""
+        """A copy with some fields replaced (scalars are converted to arrays).
+
+        Server parameters (`servers`, `max_batch`, `batch_slowdown`) are
+        replaced in :attr:`server`; `server` itself replaces the server."""
         dtype = self.A.dtype
+        own = {k: v for k, v in changes.items() if k not in SWEEPABLE}
         conv = {
-            k: (v if k == "names" else jnp.asarray(v, dtype=dtype))
-            for k, v in changes.items()
+            k: (v if k in ("names", "server") else jnp.asarray(v, dtype=dtype))
+            for k, v in own.items()
         }
+        theirs = {k: v for k, v in changes.items() if k in SWEEPABLE}
+        if theirs:
+            server = conv.get("server", self.server)
+            missing = [k for k in theirs if k not in server.fields]
+            if missing:
+                raise ProblemError(f"{missing[0]}: not a parameter of a {server.kind!r} server")
+            conv["server"] = server.replace(**theirs)
         return dataclasses.replace(self, **conv)
 
     def astype(self, dtype) -> Problem:
@@ -83,9 +99,9 @@ class Problem(eqx.Module):
         fields = {
             f.name: jnp.asarray(getattr(self, f.name), dtype=dtype)
             for f in dataclasses.fields(self)
-            if f.name != "names"
+            if f.name not in ("names", "server")
         }
-        return Problem(**fields, names=self.names)
+        return Problem(**fields, names=self.names, server=self.server.astype(dtype))
 
 
 def make_problem(
@@ -100,6 +116,7 @@ def make_problem(
     c: Sequence[float],
     prob: Sequence[float] | None = None,
     names: Sequence[str] | None = None,
+    server: Server | None = None,
     dtype=None,
     check: bool = True,
 ) -> Problem:
@@ -111,6 +128,8 @@ def make_problem(
     - `A`, `b`, `D`, `t0`, `c`: per-task parameters (equal lengths).
     - `prob`: task shares π; `None` means uniform.
     - `names`: task names; default `task0, task1, ...`.
+    - `server`: the server model (:func:`jaxalloc.servers.make_server`);
+      default one FIFO server (the paper's).
     - `dtype`: floating dtype of the leaves (default: JAX's default float).
     - `check`: run :func:`validate` (raises :class:`ProblemError`).
 
@@ -142,6 +161,7 @@ def make_problem(
         t0=arr(t0),
         c=arr(c),
         names=tuple(str(s) for s in names),
+        server=(default_server() if server is None else server).astype(dtype),
     )
     if check:
         validate(problem)
@@ -213,13 +233,16 @@ def validate(problem: Problem, *, stability: bool = True) -> Problem:
     total = float(vecs["prob"].sum())
     if abs(total - 1) > PROB_TOLERANCE:
         raise ProblemError(f"prob: task shares sum to {total:.9g}, must sum to 1 (within 1e-6)")
+    problem.server.check(names)
     lam = float(problem.arrival_rate)
     rho0 = lam * float((vecs["prob"] * vecs["t0"]).sum())
-    if stability and rho0 >= 1:
-        raise ProblemError(
-            f"arrival_rate = {lam:g}: queue unstable even at zero budgets "
-            f"(utilization λ·E[S](0) = {rho0:.4g} >= 1)"
-        )
+    capacity = float(problem.server.capacity())
+    if stability and rho0 >= capacity:
+        if problem.server.kind == "fifo" and capacity == 1:
+            why = f"utilization λ·E[S](0) = {rho0:.4g} >= 1"
+        else:
+            why = f"load λ·E[S](0) = {rho0:.4g} >= this {problem.server.kind} server's capacity {capacity:.4g}"
+        raise ProblemError(f"arrival_rate = {lam:g}: queue unstable even at zero budgets ({why})")
     return problem
 
 
@@ -235,8 +258,9 @@ def _number(where: str, value: Any) -> float:
 def problem_from_dict(data: Mapping[str, Any], *, dtype=None) -> Problem:
     """Build and validate a problem from a parsed profile (the TOML layout).
 
-    Top level: `name` (optional), `arrival_rate`, `alpha`, `max_tokens`, and a
-    `tasks` list of tables with `name` (required: a non-empty string, distinct
+    Top level: `name` (optional), `arrival_rate`, `alpha`, `max_tokens`, an
+    optional `server` table (:func:`jaxalloc.servers.server_from_dict`;
+    without it, one FIFO server), and a `tasks` list of tables with `name` (required: a non-empty string, distinct
     across tasks), `prob` (optional), `A`, `b`, `D`, `t0`, `c`. (From Python,
     :func:`make_problem` still names unnamed tasks `task0, task1, ...`.)
     """
@@ -269,6 +293,9 @@ def problem_from_dict(data: Mapping[str, Any], *, dtype=None) -> Problem:
             columns[f].append(_number(f"{label}.{f}", task[f]))
         names.append(task["name"])
         probs.append(_number(f"{label}.prob", task["prob"]) if "prob" in task else None)
+    server = None
+    if "server" in data:
+        server = server_from_dict(data["server"], tuple(names), dtype=dtype)
     given = [p is not None for p in probs]
     if any(given) and not all(given):
         k = given.index(False)
@@ -279,6 +306,7 @@ def problem_from_dict(data: Mapping[str, Any], *, dtype=None) -> Problem:
         max_tokens=_number("max_tokens", data["max_tokens"]),
         prob=probs if all(given) else None,
         names=names,
+        server=server,
         dtype=dtype,
         **columns,
     )
@@ -328,4 +356,5 @@ def problem_to_toml(problem: Problem, name: str = "profile") -> str:
     for k in range(problem.num_tasks):
         lines += ["", "[[tasks]]", f'name = "{names[k]}"', f"prob = {float(prob[k])!r}"]
         lines += [f"{f} = {float(fields[f][k])!r}" for f in TASK_FIELDS]
+    lines += server_to_toml(problem.server, names)
     return "\n".join(lines) + "\n"

@@ -3,55 +3,28 @@
 Everything else in the package (solvers, bounds, verification, simulation
 checks) calls these functions; gradients and Hessians come from autodiff.
 
-The queue depends on the budgets only through the two service-time moments
-m1 = E[S] and m2 = E[S²] (eq. 3), so the delay is written as a function of
-(λ, m1, m2): :func:`mean_wait` (Pollaczek–Khinchine, eq. 5) and
-:func:`mean_system_time` (eq. 6). Outside the stability region λ m1 ≥ 1
-(eq. 4) the delay is +inf and J is −inf, with finite (zero) gradients: no NaN.
+The delay term E[T] comes from the problem's server model
+(:mod:`jaxalloc.servers`, `problem.server`): by default one FIFO server, the
+paper's M/G/1, whose delay depends on the budgets only through the two
+service-time moments m1 = E[S] and m2 = E[S²] (eq. 3): :func:`mean_wait`
+(Pollaczek–Khinchine, eq. 5) and :func:`mean_system_time` (eq. 6), written in
+:mod:`jaxalloc.servers.fifo`. Outside the stability region (λ m1 ≥ 1 for one
+server, eq. 4; λ m1 ≥ the server's capacity in general) the delay is +inf and
+J is −inf, with finite (zero) gradients: no NaN.
 """
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
-from jax import lax
 from jaxtyping import Array, Float
 
 from .model import Problem
+from .reduce import over_tasks
+from .servers import FIFO
+from .servers.fifo import pollaczek_khinchine_system_time, pollaczek_khinchine_wait
 
-
-def over_tasks(op, x, axis: int = -1):
-    """Reduce `x` over its task axis with `op` (jnp.add or jnp.maximum).
-
-    Up to 16 tasks it is written out slice by slice: XLA:CPU runs a reduction
-    over a short axis as a separate library kernel, which the slices avoid
-    (measured on 2 cores, N = 6: the max of :func:`kkt_residual` over 102,400
-    points 8.5 → 5.1 ms; the six sums of a batched Newton linearisation took a
-    third of a step as reductions). Beyond, a plain reduction. The sum's
-    derivative is a plain sum (:func:`_sum_of_slices`)."""
-    if x.shape[axis] > 16:
-        return jnp.sum(x, axis) if op is jnp.add else jnp.max(x, axis)
-    if op is jnp.add:
-        return _sum_of_slices(x, axis)
-    return _reduce_slices(op, x, axis)
-
-
-def _reduce_slices(op, x, axis):
-    return functools.reduce(op, [lax.index_in_dim(x, i, axis, keepdims=False) for i in range(x.shape[axis])])
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _sum_of_slices(x, axis):
-    return _reduce_slices(jnp.add, x, axis)
-
-
-@_sum_of_slices.defjvp
-def _sum_of_slices_jvp(axis, primals, tangents):
-    # the tangent as one jnp.sum, whose transpose (reverse mode) is a broadcast
-    # rather than a padded copy of every slice (a sweep block at N = 6: 4-10% faster)
-    return _sum_of_slices(primals[0], axis), jnp.sum(tangents[0], axis)
+_ONE_SERVER = FIFO()
 
 
 def service_times(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, " N"]:
@@ -81,25 +54,40 @@ def moments(problem: Problem, budgets: Float[Array, " N"]) -> tuple[Array, Array
 
 
 def utilization(arrival_rate, m1) -> Array:
-    """ρ = λ E[S]; the queue is stable iff ρ < 1 (eq. 4)."""
+    """ρ = λ E[S]; one server is stable iff ρ < 1 (eq. 4)."""
     return arrival_rate * m1
 
 
-def mean_wait(arrival_rate, m1, m2) -> Array:
-    """E[W] = λ E[S²] / (2 (1 − λ E[S])) (eq. 5); +inf when unstable."""
-    slack = 1.0 - arrival_rate * m1
-    stable = slack > 0
-    safe = jnp.where(stable, slack, 1.0)  # keeps gradients finite off the region
-    return jnp.where(stable, arrival_rate * m2 / (2.0 * safe), jnp.inf)
+mean_wait = pollaczek_khinchine_wait
+"""E[W] = λ E[S²] / (2 (1 − λ E[S])) (eq. 5) of one FIFO server; +inf when unstable."""
+
+mean_system_time = pollaczek_khinchine_system_time
+"""E[T] = E[W] + E[S] (eq. 6) of one FIFO server; +inf when unstable."""
 
 
-def mean_system_time(arrival_rate, m1, m2) -> Array:
-    """E[T_sys] = E[W] + E[S] (eq. 6); +inf when unstable."""
-    return mean_wait(arrival_rate, m1, m2) + m1
+def load(problem: Problem, budgets: Float[Array, " N"]) -> Array:
+    """λ E[S] / capacity: the server's utilisation, < 1 iff its queue is stable
+    (ρ of eq. 4 for the paper's one server)."""
+    return problem.arrival_rate * moments(problem, budgets)[0] / problem.server.capacity()
+
+
+def system_time(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, ""]:
+    """E[T] of the problem's server at budgets ℓ (eq. 6 for one FIFO server); +inf when unstable."""
+    t = service_times(problem, budgets)
+    return problem.server.system_time(problem.arrival_rate, problem.prob, t, t * t)
+
+
+def task_system_time(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, " N"]:
+    """E[T_k], the mean system time of each task type on the problem's server."""
+    t = service_times(problem, budgets)
+    return problem.server.task_system_time(problem.arrival_rate, problem.prob, t, t * t)
 
 
 def objective(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, ""]:
     """J(ℓ) = α Σ π_k p_k(ℓ_k) − λE[S²]/(2(1 − λE[S])) − E[S] (eq. 7).
+
+    For another server (`problem.server`), J = α Σ π_k p_k(ℓ_k) − E[T](ℓ)
+    with that server's E[T].
 
     **Arguments:**
 
@@ -108,10 +96,11 @@ def objective(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, ""]
 
     **Returns:** J(ℓ); −inf outside the stability region.
     """
-    m1, m2 = moments(problem, budgets)
-    return problem.alpha * mean_accuracy(problem, budgets) - mean_system_time(
-        problem.arrival_rate, m1, m2
-    )
+    if problem.server.aggregate:  # E[T] from the moments, written as the paper writes it
+        return problem.alpha * mean_accuracy(problem, budgets) - problem.server.delay(
+            problem.arrival_rate, *moments(problem, budgets)
+        )
+    return problem.alpha * mean_accuracy(problem, budgets) - system_time(problem, budgets)
 
 
 gradient = jax.jit(jax.grad(objective, argnums=1))
@@ -121,16 +110,14 @@ hessian = jax.jit(jax.hessian(objective, argnums=1))
 """∇²_ℓ J(ℓ) by autodiff (its closed form is eqs. 33–34)."""
 
 
-def delay_prices(arrival_rate, m1, m2) -> tuple[Array, Array]:
-    """(∂E[T]/∂m1, ∂E[T]/∂m2) by autodiff of :func:`mean_system_time`.
+def delay_prices(arrival_rate, m1, m2, server=None) -> tuple[Array, Array]:
+    """(∂E[T]/∂m1, ∂E[T]/∂m2) by autodiff of the delay of `server` (an aggregate
+    server; default one FIFO server, :func:`mean_system_time`).
 
     These are the marginal delay costs of the two moments; the KKT condition
     (eq. 17) of task k reads α A_k b_k e^{−b_k ℓ_k} = c_k (T1 + 2 T2 t_k(ℓ_k)).
     """
-    # E[T] is elementwise in its arguments, so the gradient of the sum gives the
-    # derivatives of every element at once (scalars and batches alike)
-    total = lambda a, b: jnp.sum(mean_system_time(arrival_rate, a, b))
-    return jax.grad(total, argnums=(0, 1))(m1, m2)
+    return (server or _ONE_SERVER).delay_prices(arrival_rate, m1, m2)
 
 
 def kkt_residual(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, ""]:
@@ -161,6 +148,8 @@ def integer_lower_bound(problem: Problem, budgets: Float[Array, " N"]) -> Float[
     λ(E[S²] + 2c_max E[S] + c_max²)/(2(1 − λ(E[S] + c_max))) + E[S] + c_max by
     λ c_max² / (2(1 − λ(E[S] + c_max))) ≥ 0.)
     """
+    if not _is_one_server(problem):
+        return monotone_lower_bound(problem, budgets)
     lam = problem.arrival_rate
     m1, m2 = moments(problem, budgets)
     c_max = jnp.max(problem.c, axis=-1)
@@ -172,6 +161,28 @@ def integer_lower_bound(problem: Problem, budgets: Float[Array, " N"]) -> Float[
 
 
 def integer_bound_holds(problem: Problem, budgets: Float[Array, " N"]) -> Array:
-    """Whether eq. 41's assumption λ (E[S] + c_max) < 1 holds at ℓ*."""
+    """Whether eq. 41's assumption λ (E[S] + c_max) < 1 holds at ℓ* (for another
+    server: whether its queue is stable with every budget one token higher)."""
     m1, _ = moments(problem, budgets)
+    if not _is_one_server(problem):
+        return problem.arrival_rate * (m1 + jnp.max(problem.c, axis=-1)) < problem.server.capacity()
     return problem.arrival_rate * (m1 + jnp.max(problem.c, axis=-1)) < 1
+
+
+def _is_one_server(problem: Problem) -> bool:
+    """The paper's server (one FIFO server, statically): eq. 41 applies as printed."""
+    return isinstance(problem.server, FIFO) and problem.server.size == 1
+
+
+def monotone_lower_bound(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, ""]:
+    """A lower bound on J at any integer ℓ in [0, ℓ_max]^N with |ℓ_k − ℓ*_k| ≤ 1, for any server.
+
+    J̄ = α Σ π_k p_k(max(ℓ_k − 1, 0)) − E[T](min(ℓ + 1, ℓ_max)): accuracy rises
+    with every budget, and E[T] does too on every server model here (longer
+    service never shortens a wait: checked by autodiff on random problems in
+    tests/test_servers.py), so each term is its worst case over those integers.
+    The counterpart of eq. 41 for servers other than the paper's; −inf when
+    the queue is unstable at ℓ + 1."""
+    accuracy = mean_accuracy(problem, jnp.maximum(budgets - 1.0, 0.0))
+    delay = system_time(problem, jnp.minimum(budgets + 1.0, problem.max_tokens))
+    return jnp.where(jnp.isfinite(delay), problem.alpha * accuracy - delay, -jnp.inf)

@@ -1,0 +1,104 @@
+"""What every server model answers, and the parts they share.
+
+A server model is an :class:`equinox.Module` whose numeric parameters are
+array leaves (so `vmap` sweeps them and `grad` reaches them) and whose shape
+(kind, static sizes) is static. It answers, in JAX:
+
+- :meth:`Server.capacity`: the load λ E[S] (in seconds of batch-1 service per
+  second) at which its queue becomes unstable;
+- :meth:`Server.task_system_time`: the mean system time of each task type,
+  given the arrival rate λ, the task shares π_k, and each type's mean service
+  time t_k and second moment E[S_k²] (t_k² for the deterministic service of
+  eq. 1);
+- :meth:`Server.system_time`: their π-weighted mean E[T], the delay term of J.
+
+A server whose delay depends on the budgets only through the aggregates
+m1 = E[S], m2 = E[S²] (eq. 3) is *aggregate*: it also answers
+:meth:`Server.delay` (λ, m1, m2) ↦ E[T], and the fast aggregate solvers
+(Lambert W best response, 2-D Newton) use it unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ..errors import ProblemError
+from ..reduce import over_tasks
+
+
+class ServerError(ProblemError):
+    """An invalid server description; the message names the field and value."""
+
+
+class Server(eqx.Module):
+    """Base class of the server models (see the module docstring)."""
+
+    kind: ClassVar[str] = ""
+    aggregate: ClassVar[bool] = False
+    fields: ClassVar[tuple[str, ...]] = ()  # parameter names, as in profiles, flags and sweep axes
+
+    def capacity(self) -> Array:
+        raise NotImplementedError
+
+    def task_system_time(self, lam, prob, t, t2) -> Array:
+        """Mean system time per task type, shape (N,); +inf when unstable."""
+        raise NotImplementedError
+
+    def system_time(self, lam, prob, t, t2) -> Array:
+        """E[T] = Σ_k π_k E[T_k]; +inf when unstable."""
+        if self.aggregate:
+            return self.delay(lam, over_tasks(jnp.add, prob * t), over_tasks(jnp.add, prob * t2))
+        return over_tasks(jnp.add, prob * self.task_system_time(lam, prob, t, t2))
+
+    def delay(self, lam, m1, m2) -> Array:
+        """E[T] from the aggregates (aggregate servers only)."""
+        raise TypeError(f"a {self.kind!r} server has no aggregate delay formula")
+
+    def delay_prices(self, lam, m1, m2) -> tuple[Array, Array]:
+        """(∂E[T]/∂m1, ∂E[T]/∂m2) by autodiff of :meth:`delay`, elementwise in batches."""
+        total = lambda a, b: jnp.sum(self.delay(lam, a, b))
+        return jax.grad(total, argnums=(0, 1))(m1, m2)
+
+    def stable(self, lam, m1) -> Array:
+        """λ E[S] below :meth:`capacity` (eq. 4 for one server)."""
+        return lam * m1 < self.capacity()
+
+    def replace(self, **changes: Any) -> Server:
+        """A copy with some parameters replaced (converted to arrays of the leaves' dtype)."""
+        out = self
+        for name, value in changes.items():
+            old = getattr(self, name)
+            out = eqx.tree_at(lambda s, n=name: getattr(s, n), out, jnp.asarray(value, dtype=jnp.result_type(old)))
+        return out
+
+    def astype(self, dtype) -> Server:
+        """The same server with every floating leaf cast to `dtype`."""
+        return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=dtype), self)
+
+    def describe(self, names: tuple[str, ...]) -> dict[str, Any]:
+        """Kind and parameters as plain Python (JSON outputs, profiles)."""
+        return {"kind": self.kind, **{f: _plain(getattr(self, f)) for f in self.fields}}
+
+    def check(self, names: tuple[str, ...]) -> None:
+        """Validate concrete parameters; raise :class:`ServerError` naming field and value."""
+
+
+def _plain(x):
+    v = float(x)
+    return int(v) if v.is_integer() else v
+
+
+def whole_number(field: str, value, lo: int = 1) -> int:
+    """A concrete integer ≥ `lo` (floats with an integer value accepted), else :class:`ServerError`."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ServerError(f"server.{field} = {value!r}: must be an integer >= {lo}") from None
+    if isinstance(value, bool) or not v.is_integer() or v < lo:
+        raise ServerError(f"server.{field} = {value!r}: must be an integer >= {lo}")
+    return int(v)

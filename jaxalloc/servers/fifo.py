@@ -1,0 +1,105 @@
+"""c identical servers sharing one FIFO queue: M/G/1 (Pollaczek–Khinchine) and M/G/c.
+
+One server (c = 1) is the paper's model, exactly: E[W] = λE[S²]/(2(1 − λE[S]))
+(eq. 5), E[T] = E[W] + E[S] (eq. 6).
+
+For c > 1 there is no closed form for general service times; we use the
+Lee–Longton approximation (Lee & Longton, 1959; the M/G/c form of
+Allen–Cunneen with Poisson arrivals): the M/M/c wait, from the exact Erlang-C
+probability of waiting, scaled by (1 + c_s²)/2 = E[S²]/(2E[S]²),
+
+    E[W] ≈ E[S²]/(2E[S]²) · C(c, a) E[S]/(c − a),   a = λE[S],
+
+which is exact for exponential service and for c = 1. Its error against
+simulation is measured in the tests and stated in docs/servers.md.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import equinox as eqx
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array
+
+from .base import Server, whole_number
+
+
+def pollaczek_khinchine_wait(lam, m1, m2) -> Array:
+    """E[W] = λ E[S²] / (2 (1 − λ E[S])) (eq. 5); +inf when unstable."""
+    slack = 1.0 - lam * m1
+    stable = slack > 0
+    safe = jnp.where(stable, slack, 1.0)  # keeps gradients finite off the region
+    return jnp.where(stable, lam * m2 / (2.0 * safe), jnp.inf)
+
+
+def pollaczek_khinchine_system_time(lam, m1, m2) -> Array:
+    """E[T] = E[W] + E[S] (eq. 6); +inf when unstable."""
+    return pollaczek_khinchine_wait(lam, m1, m2) + m1
+
+
+def erlang_c(servers, load, size: int) -> Array:
+    """C(c, a): the probability that an arrival waits in M/M/c (Erlang C), exact.
+
+    From the Erlang-B recursion B_k = a B_{k−1} / (k + a B_{k−1}), B_0 = 1,
+    run to the static `size` ≥ c (c may be traced), then
+    C = c B_c / (c − a (1 − B_c)). Requires a < c."""
+
+    def body(k, b):
+        nxt = load * b / (k + load * b)
+        return jnp.where(k <= servers, nxt, b)
+
+    b = lax.fori_loop(1, size + 1, body, jnp.ones_like(load * servers))
+    return servers * b / (servers - load * (1.0 - b))
+
+
+def lee_longton_wait(servers, lam, m1, m2, size: int) -> Array:
+    """E[W] ≈ E[S²]/(2E[S]²) · C(c, a) E[S]/(c − a) (see the module docstring); +inf when a ≥ c."""
+    load = lam * m1
+    slack = servers - load
+    stable = slack > 0
+    safe_slack = jnp.where(stable, slack, 1.0)
+    safe_load = jnp.where(stable, load, 0.5 * servers)
+    m1_safe = jnp.maximum(m1, jnp.finfo(jnp.result_type(m1)).tiny)  # t0 = 0 at ℓ = 0: E[S] = E[S²] = 0
+    wait = m2 * erlang_c(servers, safe_load, size) / (2.0 * m1_safe * safe_slack)
+    return jnp.where(stable, wait, jnp.inf)
+
+
+class FIFO(Server):
+    """`servers` = c identical servers, one FIFO queue (c = 1: the paper's M/G/1).
+
+    **Fields:** `servers` (c ≥ 1, an integer-valued array leaf, so it can be a
+    sweep axis); `size` (static): the largest c this instance may hold (the
+    length of the Erlang-B recursion), at least `servers`. With `size` = 1 the
+    delay is the Pollaczek–Khinchine formula and nothing else (the default).
+    """
+
+    kind: ClassVar[str] = "fifo"
+    aggregate: ClassVar[bool] = True
+    fields: ClassVar[tuple[str, ...]] = ("servers",)
+
+    servers: Array = eqx.field(converter=jnp.asarray, default=1.0)
+    size: int = eqx.field(static=True, default=1)
+
+    def capacity(self) -> Array:
+        return self.servers
+
+    def mean_wait(self, lam, m1, m2) -> Array:
+        pk = pollaczek_khinchine_wait(lam, m1, m2)
+        if self.size == 1:
+            return pk
+        c = lax.stop_gradient(self.servers)  # an integer: no derivative
+        return jnp.where(c == 1, pk, lee_longton_wait(c, lam, m1, m2, self.size))
+
+    def delay(self, lam, m1, m2) -> Array:
+        return self.mean_wait(lam, m1, m2) + m1
+
+    def task_system_time(self, lam, prob, t, t2) -> Array:
+        m1, m2 = jnp.sum(prob * t, -1), jnp.sum(prob * t2, -1)
+        return self.mean_wait(lam, m1, m2)[..., None] + t  # one queue: every type waits alike
+
+    def check(self, names) -> None:
+        c = whole_number("servers", self.servers)
+        if c > self.size:
+            raise ValueError(f"FIFO: servers = {c} exceeds the static size {self.size}")
