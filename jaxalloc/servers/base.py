@@ -20,6 +20,7 @@ m1 = E[S], m2 = E[S²] (eq. 3) is *aggregate*: it also answers
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import equinox as eqx
@@ -75,6 +76,14 @@ class Server(eqx.Module):
             old = getattr(self, name)
             out = eqx.tree_at(lambda s, n=name: getattr(s, n), out, jnp.asarray(value, dtype=jnp.result_type(old)))
         return out
+
+    def resized(self, size: int) -> Server:
+        """The same server able to hold parameters up to `size` (servers or
+        max_batch: the static length of its recursion), e.g. before a sweep axis
+        takes `servers` up to `size`. Servers without a size are returned as is."""
+        if not hasattr(self, "size") or size <= self.size:
+            return self
+        return dataclasses.replace(self, size=int(size))
 
     def astype(self, dtype) -> Server:
         """The same server with every floating leaf cast to `dtype`."""
