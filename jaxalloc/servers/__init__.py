@@ -99,7 +99,20 @@ def server_to_toml(server: Server, names: tuple[str, ...]) -> list[str]:
 
 
 __all__ = [
-    "KINDS", "PARAMETERS", "SWEEPABLE", "Batching", "FIFO", "Priority", "Server", "ServerError", "default_server",
-    "erlang_c", "make_server", "pollaczek_khinchine_system_time", "pollaczek_khinchine_wait", "priority_from_order",
-    "server_from_dict", "server_to_toml",
+    "FIFO",
+    "KINDS",
+    "PARAMETERS",
+    "SWEEPABLE",
+    "Batching",
+    "Priority",
+    "Server",
+    "ServerError",
+    "default_server",
+    "erlang_c",
+    "make_server",
+    "pollaczek_khinchine_system_time",
+    "pollaczek_khinchine_wait",
+    "priority_from_order",
+    "server_from_dict",
+    "server_to_toml",
 ]
