@@ -1,12 +1,18 @@
-"""Discrete-event check of the queue model: an M/G/1 FIFO server simulated in JAX.
+"""Discrete-event check of the queue model: the problem's server simulated in JAX.
 
-The server is simulated as the paper models it: Poisson arrivals at rate λ,
-each query of type k with probability π_k, served for the deterministic time
-t_k(ℓ_k) (eq. 1), first come first served by one server, and answered
-correctly with probability p_k(ℓ_k) (eq. 2). Optionally the service time is
-multiplied by a lognormal jitter factor with mean 1 and coefficient of
-variation `service_cv`; the queue is then M/G/1 with
-E[S²] = Σ π_k t_k² (1 + cv²), which is what the theory value uses.
+The server (`problem.server`, by default the paper's one FIFO server) is
+simulated as modelled: Poisson arrivals at rate λ, each query of type k with
+probability π_k, needing the deterministic batch-1 service time t_k(ℓ_k)
+(eq. 1), and answered correctly with probability p_k(ℓ_k) (eq. 2). Optionally
+the service time is multiplied by a lognormal jitter factor with mean 1 and
+coefficient of variation `service_cv`; then E[S_k²] = t_k² (1 + cv²), which
+is what the theory values use (E[S²] = Σ π_k t_k² (1 + cv²) for one server).
+
+**Disciplines.** Each server kind has its discrete-event core in
+:mod:`jaxalloc.simulation` (c FIFO servers: Kiefer–Wolfowitz; non-preemptive
+priority: service-order steps; continuous batching: exact event times), found
+from the server's type; all read the same random streams. What follows
+describes the one-server FIFO core, the default, unchanged.
 
 **Algorithm.** Waits follow the Lindley recursion
 W_{n+1} = max(0, W_n + S_n − A_{n+1}) (A: exponential inter-arrival times),
@@ -45,7 +51,7 @@ replication fills a log-spaced histogram (`bins` bins over 12 decades around
 E[S], relative resolution about 1.4% for 2048 bins) and quantiles are read
 from the pooled histogram; per-type quantiles are then not reported.
 
-**Stability.** With λ E[S] ≥ 1 (eq. 4) the queue grows without bound: the
+**Stability.** With λ E[S] ≥ the server's capacity (1 for one server, eq. 4) the queue grows without bound: the
 simulation still runs, but :func:`simulation_report` sets ``stable`` false and
 reports no mean, interval or quantile of the system time (they would only
 measure the run length).
@@ -60,18 +66,16 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
-from jax.scipy.special import ndtri
 
 from .model import Problem
-from .objective import mean_system_time, mean_wait, moments, service_times, task_accuracy, utilization
+from .objective import moments, service_times, task_accuracy, utilization
 from .report import json_number
+from .servers import FIFO
+from .simulation import RNG_BLOCK, Streams, core_for, theory_name
 
 DEFAULT_CHUNK = 512
-RNG_BLOCK = 256  # queries per random-number block; `chunk` must be a multiple
 DEFAULT_STORE_LIMIT = 1 << 22
 DEFAULT_BINS = 2048
-_DECADES_BELOW, _DECADES_ABOVE = 4.0, 8.0  # histogram range around E[S]
 
 # Student t 0.975 quantiles for 1..30 degrees of freedom.
 _T975 = (
@@ -114,8 +118,11 @@ class SimulationResult(NamedTuple):
       edges `bin_edges` (B + 1,) (the first and last bins also take under- and
       overflow), or (R, 0) when T is kept.
     - `theory_mean_system_time`, `theory_mean_wait`, `theory_utilization`,
-      `theory_accuracy`: eq. 6, eq. 5, eq. 4 (with the jitter's E[S²]) and
-      Σ π_k p_k(ℓ_k); `service_time`, `task_accuracy`: t_k(ℓ_k), p_k(ℓ_k).
+      `theory_accuracy`, `theory_task_system_time`: the server's predictions
+      (with the jitter's E[S_k²]): E[T] (eq. 6 for one FIFO server), E[T] −
+      E[S] (eq. 5), λE[S] / capacity (eq. 4), Σ π_k p_k(ℓ_k) and E[T_k];
+      `capacity`: the server's (1 for one server); `service_time`,
+      `task_accuracy`: t_k(ℓ_k), p_k(ℓ_k).
     - `queries`, `warmup`: the stream length and the dropped warm-up.
     """
 
@@ -133,6 +140,8 @@ class SimulationResult(NamedTuple):
     theory_mean_wait: jax.Array
     theory_utilization: jax.Array
     theory_accuracy: jax.Array
+    theory_task_system_time: jax.Array
+    capacity: jax.Array
     service_time: jax.Array
     task_accuracy: jax.Array
     queries: int
@@ -140,7 +149,7 @@ class SimulationResult(NamedTuple):
 
     @property
     def stable(self):
-        """λ E[S] < 1 (eq. 4)."""
+        """λ E[S] below the server's capacity (eq. 4 for one server)."""
         return self.theory_utilization < 1
 
     def replication_means(self):
@@ -149,104 +158,36 @@ class SimulationResult(NamedTuple):
 
 
 def _theory(problem: Problem, budgets, service_cv):
-    lam = problem.arrival_rate
+    """The server's predictions, with the jitter in E[S_k²] = t_k² (1 + cv²):
+    (E[T], E[T] − E[S], load, accuracy, E[T_k], capacity)."""
+    lam, server = problem.arrival_rate, problem.server
     m1, m2 = moments(problem, budgets)
-    m2 = m2 * (1.0 + service_cv**2)
+    t = service_times(problem, budgets)
+    t2 = t * t * (1.0 + service_cv**2)
     p = task_accuracy(problem, budgets)
+    if server.aggregate:  # E[T] from the moments, as the objective writes it (eq. 6 for one FIFO server)
+        total = server.delay(lam, m1, m2 * (1.0 + service_cv**2))
+    else:
+        total = server.system_time(lam, problem.prob, t, t2)
+    wait = server.mean_wait(lam, m1, m2 * (1.0 + service_cv**2)) if isinstance(server, FIFO) else total - m1
+    capacity = server.capacity()
     return (
-        mean_system_time(lam, m1, m2),
-        mean_wait(lam, m1, m2),
-        utilization(lam, m1),
+        total,
+        wait,
+        utilization(lam, m1) / capacity,
         jnp.sum(problem.prob * p, -1),
-        m1,
+        server.task_system_time(lam, problem.prob, t, t2),
+        capacity,
     )
 
 
 def _one_replication(problem, budgets, key, service_cv, *, queries, warmup, chunk, nchunks, jitter, store, bins):
-    """Simulate one replication; `key` is that replication's key."""
-    t = service_times(problem, budgets)
-    p = jnp.clip(task_accuracy(problem, budgets), 0.0, 1.0)
-    dtype = t.dtype
-    K = t.shape[-1]
-    cum = jnp.cumsum(problem.prob)
-    cum = cum / cum[-1]
-    lower = jnp.concatenate([jnp.zeros(1, dtype), cum[:-1]])
-    width = cum - lower
-    lam = problem.arrival_rate
-    sigma2 = jnp.log1p(jnp.asarray(service_cv, dtype) ** 2)
-    sigma = jnp.sqrt(sigma2)
-    *_, m1 = _theory(problem, budgets, service_cv)
-    scale = jnp.maximum(m1, jnp.finfo(dtype).tiny)
-    log_lo = jnp.log(scale) - _DECADES_BELOW * math.log(10.0)
-    dlog = (_DECADES_BELOW + _DECADES_ABOVE) * math.log(10.0) / bins
-    edges = jnp.exp(log_lo + dlog * jnp.arange(bins + 1, dtype=dtype))
-
-    B = RNG_BLOCK
-    nblocks = chunk // B
-    rows = 3 if jitter else 2
-    # uniforms from `ubits` random bits, exact in `dtype` and strictly inside (0, 1)
-    ubits = min(32, jnp.finfo(dtype).nmant + 1)
-    uscale = 2.0**-ubits
-
-    def step(w, d):
-        return jnp.maximum(w + d, 0.0), w
-
-    def chunk_body(carry, c):
-        w, counts, sum_t, sum_w, correct, busy, elapsed, hist = carry
-        idx = c * chunk + jnp.arange(chunk)
-        keys = jax.vmap(jax.random.fold_in, (None, 0))(key, c * nblocks + jnp.arange(nblocks))
-        bits = jax.vmap(lambda k: jax.random.bits(k, (rows, B), jnp.uint32))(keys)  # (nblocks, rows, B)
-        if ubits < 32:
-            bits = bits >> (32 - ubits)
-        u = (bits.astype(dtype) + 0.5) * uscale
-        u = jnp.moveaxis(u, 1, 0).reshape(rows, chunk)
-        inter = -jnp.log(u[0]) / lam
-        kind = jnp.minimum(jnp.searchsorted(cum, u[1], side="right", method="compare_all"), K - 1)
-        s = t[kind]
-        if jitter == "lognormal":
-            s = s * jnp.exp(sigma * ndtri(u[2]) - 0.5 * sigma2)
-        elif jitter == "exponential":  # mean-1 exponential factor: M/M/1 for a single task
-            s = s * -jnp.log(u[2])
-        # given the type, u[1]'s position within its interval is again uniform on (0, 1)
-        right = (u[1] - lower[kind]) < p[kind] * width[kind]
-        counted = (idx < queries) & (idx >= warmup)
-        w, wq = lax.scan(step, w, s - inter, unroll=8)
-        tq = wq + s
-        onehot = ((kind[:, None] == jnp.arange(K)) & counted[:, None]).astype(dtype)  # (chunk, K)
-        counts = counts + jnp.sum(onehot, 0).astype(counts.dtype)
-        sum_t = sum_t + tq @ onehot
-        sum_w = sum_w + wq @ onehot
-        correct = correct + (right.astype(dtype) @ onehot).astype(correct.dtype)
-        busy = busy + jnp.sum(jnp.where(counted, s, 0.0))
-        elapsed = elapsed + jnp.sum(jnp.where(counted, inter, 0.0))
-        if store:
-            out = (tq, kind.astype(jnp.int32))
-        else:
-            logt = jnp.log(jnp.maximum(tq, jnp.finfo(dtype).tiny))
-            b = jnp.clip(jnp.floor((logt - log_lo) / dlog), 0, bins - 1).astype(jnp.int32)
-            hist = hist.at[b].add(counted.astype(hist.dtype))
-            out = None
-        return (w, counts, sum_t, sum_w, correct, busy, elapsed, hist), out
-
-    zero = jnp.zeros((), dtype)
-    init = (
-        zero,
-        jnp.zeros(K, jnp.int32),
-        jnp.zeros(K, dtype),
-        jnp.zeros(K, dtype),
-        jnp.zeros(K, jnp.int32),
-        zero,
-        zero,
-        jnp.zeros(0 if store else bins, jnp.int32),
-    )
-    (_, counts, sum_t, sum_w, correct, busy, elapsed, hist), out = lax.scan(
-        chunk_body, init, jnp.arange(nchunks)
-    )
-    if store:
-        times, kinds = out[0].reshape(-1), out[1].reshape(-1)
-    else:
-        times, kinds = jnp.zeros(0, dtype), jnp.zeros(0, jnp.int32)
-    return counts, sum_t, sum_w, correct, busy, elapsed, times, kinds, hist, edges
+    """Simulate one replication of `problem.server`'s discipline; `key` is that replication's key."""
+    streams = Streams(problem, budgets, key, service_cv, queries=queries, warmup=warmup, chunk=chunk, jitter=jitter,
+                      bins=bins)
+    raw = core_for(problem.server)(problem.server, streams, nchunks=nchunks, store=store)
+    st = raw.stats
+    return st.counts, st.sum_t, st.sum_w, st.correct, st.busy, st.elapsed, raw.times, raw.kinds, st.hist, streams.edges
 
 
 @partial(
@@ -262,7 +203,7 @@ def _simulate_jit(problem, budgets, key, service_cv, *, replications, **static):
     theory = _theory(problem, budgets, service_cv)
     t = service_times(problem, budgets)
     p = task_accuracy(problem, budgets)
-    return (counts, sum_t, sum_w, correct, busy, elapsed, times, kinds, hist, edges[0]), theory[:4], t, p
+    return (counts, sum_t, sum_w, correct, busy, elapsed, times, kinds, hist, edges[0]), theory, t, p
 
 
 def _check_int(name: str, value, lo: int) -> int:
@@ -338,11 +279,15 @@ def simulate(
     bins: int = DEFAULT_BINS,
     exponential_service: bool = False,
 ) -> SimulationResult:
-    """Simulate the M/G/1 FIFO server at `budgets` (see the module docstring).
+    """Simulate the problem's server (`problem.server`; by default the paper's
+    M/G/1 FIFO server) at `budgets` (see the module docstring).
 
     **Arguments:**
 
-    - `problem`: a concrete :class:`Problem` (one operating point).
+    - `problem`: a concrete :class:`Problem` (one operating point); its
+      server picks the discrete-event core (:mod:`jaxalloc.simulation`).
+      The priority core holds each replication's stream whole (memory
+      O(replications × queries)); the others O(replications × chunk).
     - `budgets`: ℓ, shape (N,), in [0, ℓ_max] (need not be integers).
     - `queries`: queries per replication, warm-up included.
     - `replications`: independent replications (vmapped).
@@ -462,8 +407,12 @@ def simulation_report(problem: Problem, budgets, result: SimulationResult, servi
     `theory_mean_system_time`, `p50`, `p95`, `p99`, `accuracy`,
     `utilization` (realised). Also `stable`, `status` and `message`, the
     wait (`mean_wait`, its interval and theory), `accuracy_ci95`,
-    `theory_accuracy`, `theory_utilization`, `quantiles` ("exact" or
-    "histogram") and `per_task` (one dict per task type). When the queue is
+    `theory_accuracy`, `theory_utilization` (λE[S] / the server's capacity;
+    `utilization` likewise), `quantiles` ("exact" or "histogram"), `server`
+    (kind and parameters), `theory` (the formula's name) and `per_task` (one
+    dict per task type, its theory the server's E[T_k]). The wait is T − S,
+    the time a query spends beyond its own batch-1 service time (the queueing
+    wait for FIFO and priority servers). When the queue is
     unstable every system-time figure is null; with one replication the
     intervals are null (no spread to estimate). Non-finite numbers are null.
     """
@@ -480,6 +429,7 @@ def simulation_report(problem: Problem, budgets, result: SimulationResult, servi
     overall_q, per_q, qkind = _quantiles(result)
     busy, elapsed = float(np.sum(result.busy_time)), float(np.sum(result.elapsed))
     rho = float(result.theory_utilization)
+    capacity = float(result.capacity)
     theory_w = float(result.theory_mean_wait)
     st = (lambda v: json_number(v) if stable else None)
     per_task = []
@@ -497,7 +447,7 @@ def simulation_report(problem: Problem, budgets, result: SimulationResult, servi
             "queries": int(counts[:, k].sum()),
             "mean_system_time": st(mk),
             "mean_system_time_ci95": [st(cik[0]), st(cik[1])],
-            "theory_mean_system_time": json_number(theory_w + tk),
+            "theory_mean_system_time": json_number(result.theory_task_system_time[k]),
             "mean_wait": st(wk),
             "mean_wait_ci95": [st(ciwk[0]), st(ciwk[1])],
             "accuracy": json_number(ak),
@@ -511,8 +461,9 @@ def simulation_report(problem: Problem, budgets, result: SimulationResult, servi
         status, message = "stable", ""
     else:
         status = "unstable"
+        load = f"utilization λE[S] = {rho:.4g}" if capacity == 1 else f"load λE[S]/capacity = {rho:.4g}"
         message = (
-            f"queue unstable: utilization λE[S] = {rho:.4g} >= 1, waits grow without bound; "
+            f"queue unstable: {load} >= 1, waits grow without bound; "
             "the simulated mean system time only reflects the run length and is not reported"
         )
     return {
@@ -525,7 +476,7 @@ def simulation_report(problem: Problem, budgets, result: SimulationResult, servi
         "accuracy": json_number(acc),
         "accuracy_ci95": [json_number(acc_ci[0]), json_number(acc_ci[1])],
         "theory_accuracy": float(result.theory_accuracy),
-        "utilization": json_number(busy / elapsed) if elapsed > 0 else None,
+        "utilization": json_number(busy / (elapsed * capacity)) if elapsed > 0 else None,
         "theory_utilization": rho,
         "mean_wait": st(mean_w),
         "mean_wait_ci95": [st(ci_w[0]), st(ci_w[1])],
@@ -541,6 +492,8 @@ def simulation_report(problem: Problem, budgets, result: SimulationResult, servi
         "replications": R,
         "service_cv": float(service_cv),
         "arrival_rate": float(problem.arrival_rate),
+        "server": problem.server.describe(tuple(names)),
+        "theory": theory_name(problem.server),
         "per_task": per_task,
     }
 
@@ -554,6 +507,8 @@ def format_simulation_report(report: dict[str, Any], title: str = "") -> str:
     def ci(pair, spec=".4f"):
         return "—" if pair[0] is None else f"[{f(pair[0], spec)}, {f(pair[1], spec)}]"
 
+    theory = report.get("theory", "Pollaczek–Khinchine")
+    short = {"Pollaczek–Khinchine": "P-K", "Lee–Longton": "L-L", "Cobham": "Cobham"}.get(theory, "theory")
     lines = [title] if title else []
     lines.append(
         f"λ = {report['arrival_rate']:g}/s, {report['replications']} replications × {report['queries']} queries"
@@ -561,7 +516,7 @@ def format_simulation_report(report: dict[str, Any], title: str = "") -> str:
     )
     width = max([4, *(len(n) for n in report["tasks"])])
     lines.append(
-        f"{'task':<{width}}  {'budget':>8}  {'share':>6}  {'E[T] sim':>9}  {'E[T] P-K':>9}  {'p95':>9}  "
+        f"{'task':<{width}}  {'budget':>8}  {'share':>6}  {'E[T] sim':>9}  {'E[T] ' + short:>9}  {'p95':>9}  "
         f"{'accuracy':>8}  {'p_k(ℓ_k)':>8}"
     )
     for t in report["per_task"]:
@@ -572,7 +527,7 @@ def format_simulation_report(report: dict[str, Any], title: str = "") -> str:
         )
     lines += [
         f"mean system time      {f(report['mean_system_time'])} s, 95% CI {ci(report['mean_system_time_ci95'])}",
-        f"Pollaczek–Khinchine   {f(report['theory_mean_system_time'])} s",
+        f"{theory:<21} {f(report['theory_mean_system_time'])} s",
         (f"mean wait             {f(report['mean_wait'])} s, 95% CI {ci(report['mean_wait_ci95'])}"
          f" (theory {f(report['theory_mean_wait'])})"),
         f"p50 / p95 / p99       {f(report['p50'])} / {f(report['p95'])} / {f(report['p99'])} s",
