@@ -39,6 +39,35 @@ class _UsageError(Exception):
     pass
 
 
+SERVER_FLAGS = {"servers": "--servers", "priority_order": "--priority-order", "max_batch": "--max-batch",
+                "batch_slowdown": "--batch-slowdown"}
+"""The server flags (argparse dest → flag) besides --server; see :func:`_apply_server`."""
+
+
+def _flag_number(text: str):
+    """A number from the command line, an int when it is one (so errors print `2`, not `2.0`)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    return int(v) if v.is_integer() else v
+
+
+def _add_server_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that override the profile's [server] table (docs/servers.md)."""
+    from .servers import KINDS
+
+    g = p.add_argument_group("server (override the profile's [server] table; see docs/servers.md)")
+    g.add_argument("--server", metavar="KIND", help=f"server model: {'|'.join(KINDS)} (default: the profile's, "
+                   "else one FIFO server, the paper's)")
+    g.add_argument("--servers", type=_flag_number, metavar="C", help="fifo: C identical servers, one queue (M/G/C)")
+    g.add_argument("--priority-order", metavar="A,B,...|auto",
+                   help="priority: task names, highest priority first, or auto (the order that maximises J)")
+    g.add_argument("--max-batch", type=_flag_number, metavar="B", help="batching: at most B requests run together")
+    g.add_argument("--batch-slowdown", type=_flag_number, metavar="BETA",
+                   help="batching: a step with m requests takes 1 + BETA(m - 1) times a batch-1 step")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from .solvers import METHODS
 
@@ -51,14 +80,16 @@ def _build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--arrival-rate", type=float, metavar="X", help="override λ (queries/s)")
     solve.add_argument("--alpha", type=float, metavar="Y", help="override α (accuracy weight)")
     solve.add_argument("--max-tokens", type=float, metavar="L", help="override ℓ_max")
-    solve.add_argument("--method", default="newton", choices=list(METHODS), help="solver (default: newton)")
+    solve.add_argument("--method", default="auto", choices=["auto", *METHODS],
+                    help="solver (default auto: newton for a fifo or batching server, projected-newton for priority)")
     solve.add_argument(
         "--integer", default="auto", choices=["auto", "enumerate", "round", "coordinate"],
         help="integer budgets: eq. 39 enumeration, eq. 40 rounding, or coordinate search",
     )
     solve.add_argument("--json", action="store_true", help="print JSON for programs")
+    _add_server_flags(solve)
 
-    sim = sub.add_parser("simulate", help="simulate the M/G/1 FIFO server at given budgets")
+    sim = sub.add_parser("simulate", help="simulate the server at given budgets")
     sim.add_argument("profile", nargs="?", help="TOML profile (default: the bundled paper profile)")
     sim.add_argument("--budgets", metavar="A,B,...", help="token budgets, one per task (default: optimal integer)")
     sim.add_argument("--queries", type=int, default=10_000, metavar="N", help="queries per replication")
@@ -73,23 +104,28 @@ def _build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--json", action="store_true", help="print JSON for programs")
     sim.add_argument("--plot", metavar="FILE.png",
                      help="also write a histogram of the system times (PNG)")
+    _add_server_flags(sim)
 
-    ver = sub.add_parser("verify", help="check Lemmas 1-3 of the paper on a profile with autodiff")
+    ver = sub.add_parser("verify", help="check Lemmas 1-3 of the paper on a profile with autodiff (where they apply to its server)")
     ver.add_argument("profile", nargs="?", help="TOML profile (default: the bundled paper profile)")
     ver.add_argument("--points", type=int, default=200, help="sampled budget vectors per lemma (default 200)")
     ver.add_argument("--seed", type=int, default=0, help="sampling seed")
     ver.add_argument("--json", action="store_true", help="print JSON for programs")
+    _add_server_flags(ver)
 
     sens = sub.add_parser("sensitivity", help="J as one task's budget varies (Fig. 4), or l* along a parameter")
     sens.add_argument("profile", nargs="?", help="TOML profile (default: the bundled paper profile)")
     sens.add_argument("--task", help="task whose budget varies, others at their optimum (Fig. 4)")
-    sens.add_argument("--param", choices=["arrival_rate", "alpha", "max_tokens"],
-                      help="parameter to vary instead: plots l*(theta) and dl*/dtheta")
+    sens.add_argument("--param", choices=["arrival_rate", "alpha", "max_tokens", "batch_slowdown", "servers",
+                                          "max_batch"],
+                      help="parameter to vary instead: plots l*(theta) and dl*/dtheta (a server parameter of the "
+                           "profile's server kind; servers and max_batch take whole numbers, without derivatives)")
     sens.add_argument("--range", required=True, metavar="START:STOP:NUM", help="values, e.g. 0:1000:101")
     sens.add_argument("--out", default="sensitivity", metavar="PREFIX", help="writes PREFIX.csv and PREFIX.png")
     sens.add_argument("--simulate", type=int, default=0, metavar="K",
                       help="with --task: also simulate K budgets across the range (10,000 queries x 20 replications)")
     sens.add_argument("--json", action="store_true", help="print JSON for programs")
+    _add_server_flags(sens)
 
     sw = sub.add_parser("sweep", help="solve a grid of operating points into a Parquet file, with heat maps")
     sw.add_argument("profile", nargs="?", help="TOML profile (default: the bundled paper profile)")
@@ -98,10 +134,12 @@ def _build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--max-tokens", metavar="START:STOP:NUM", help="ℓ_max axis")
     sw.add_argument("--axis", action="append", default=[], metavar="FIELD:TASK=START:STOP:NUM",
                     help="another axis, e.g. b:GSM8K=1e-4:1e-2:50:log or prob:AIME=0.05:0.5:10; TASK is a task name "
-                         "as the profile spells it (case-sensitive) or its index (repeatable)")
+                         "as the profile spells it (case-sensitive) or its index; or a parameter of the server: "
+                         "servers=1:8:8, max_batch=1:64:64, batch_slowdown=0:1:21 (repeatable)")
     sw.add_argument("--out", required=True, metavar="FILE.parquet", help="output Parquet file (one row per point); "
                     "after Ctrl-C or a kill, the same command resumes")
-    sw.add_argument("--method", default="newton", choices=list(METHODS), help="solver (default: newton)")
+    sw.add_argument("--method", default="auto", choices=["auto", *METHODS],
+                    help="solver (default auto: newton for a fifo or batching server, projected-newton for priority)")
     sw.add_argument("--integer", default="auto", choices=["auto", "enumerate", "round", "coordinate"],
                     help="integer budgets (auto: eq. 39 enumeration up to 8 tasks, coordinate search up to 64, rounding beyond)")
     sw.add_argument("--float32", action="store_true", help="solve in float32 (faster; ~0.05 token from float64)")
@@ -117,6 +155,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--num-processes", type=int, metavar="P", help="processes in a jax.distributed run")
     sw.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0..P-1")
     sw.add_argument("--json", action="store_true", help="print JSON for programs")
+    _add_server_flags(sw)
 
     rep = sub.add_parser("reproduce", help="regenerate the paper's Table I and Figs. 2-4, and more, into a folder")
     rep.add_argument("--out", default="results", metavar="DIR", help="output folder, created if missing (default: results)")
@@ -142,10 +181,60 @@ def _load(profile: str | None, args, overrides: bool = True):
     problem = paper_profile() if profile is None else load_profile(profile)
     fields = ("arrival_rate", "alpha", "max_tokens") if overrides else ()
     overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
+    server = _apply_server(problem, args)
+    if server is not None:
+        overrides["server"] = server
     if overrides:
         problem = validate(problem.replace(**overrides))
     name = "paper" if profile is None else profile
     return problem, name
+
+
+def _apply_server(problem, args):
+    """The server the flags ask for, or None when no server flag is given.
+
+    --server picks the kind (default: the profile's); the other flags set its
+    parameters, over the profile's own when the kind stays the same. A flag
+    that does not belong to the kind is an error naming both."""
+    from .servers import KINDS, PARAMETERS, make_server
+
+    kind_flag = getattr(args, "server", None)
+    given = {dest: getattr(args, dest, None) for dest in SERVER_FLAGS}
+    given = {k: v for k, v in given.items() if v is not None}
+    if kind_flag is None and not given:
+        return None
+    base = problem.server
+    kind = base.kind if kind_flag is None else kind_flag.strip()
+    if kind not in KINDS:
+        raise _UsageError(f"--server = {kind_flag!r}: expected one of {', '.join(KINDS)}")
+    params = {"order" if k == "priority_order" else k: v for k, v in given.items()}
+    flag_of = lambda name: SERVER_FLAGS["priority_order" if name == "order" else name]
+    for name, value in params.items():
+        if name not in PARAMETERS[kind]:
+            flag = flag_of(name)
+            how = "" if kind_flag is not None else " (give --server to change the kind)"
+            raise _UsageError(f"{flag} = {value}: not a parameter of a {kind!r} server{how}; "
+                              f"it takes: {', '.join(flag_of(p) for p in PARAMETERS[kind])}")
+    if kind == base.kind:  # keep the profile's other parameters of this kind
+        desc = base.describe(problem.names)
+        if kind == "priority":
+            desc = {"order": "auto" if desc["auto"] else desc["order"]}
+        params = {**{k: v for k, v in desc.items() if k in PARAMETERS[kind]}, **params}
+    return make_server(kind, problem.names, dtype=problem.A.dtype, **params)
+
+
+def resolve_method(problem, method: str) -> str:
+    """The solver's name for `method` ("auto": the default solver for the
+    problem's server, "newton" for the paper's); a method that cannot solve
+    the server is an error naming both (from :func:`jaxalloc.solve.solver_for`)."""
+    import importlib
+
+    solve_module = importlib.import_module("jaxalloc.solve")  # the module (the package's `solve` is the function)
+
+    solver_for = getattr(solve_module, "solver_for", None)
+    if solver_for is None:  # solvers that do not pick by server: the old default
+        return "newton" if method == "auto" else method
+    return solve_module.method_name(solver_for(problem, None if method == "auto" else method))
 
 
 def _cmd_solve(args) -> int:
@@ -153,8 +242,9 @@ def _cmd_solve(args) -> int:
     from .solve import solve
 
     problem, name = _load(args.profile, args)
-    solution = solve(problem, args.method, throw=False, check=False)
-    report = solution_report(problem, solution, args.method, args.integer)
+    method = resolve_method(problem, args.method)
+    solution = solve(problem, method, throw=False, check=False)
+    report = solution_report(problem, solution, method, args.integer)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -271,7 +361,7 @@ def _cmd_sweep(args) -> int:
         except (RuntimeError, ValueError) as err:
             raise _UsageError(f"--coordinator = {args.coordinator!r}: jax.distributed failed: {err}") from None
     problem, name = _load(args.profile, args, overrides=False)
-    result = sweep(problem, axes, method=args.method, integer=args.integer,
+    result = sweep(problem, axes, method=resolve_method(problem, args.method), integer=args.integer,
                    dtype="float32" if args.float32 else None, out=args.out, resume=not args.no_resume,
                    progress=args.progress, block=args.block)
     summary = result.summary()

@@ -24,8 +24,6 @@ from .reduce import over_tasks
 from .servers import FIFO
 from .servers.fifo import pollaczek_khinchine_system_time, pollaczek_khinchine_wait
 
-_ONE_SERVER = FIFO()
-
 
 def service_times(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, " N"]:
     """t_k(ℓ_k) = t0_k + c_k ℓ_k, seconds (eq. 1)."""
@@ -117,7 +115,9 @@ def delay_prices(arrival_rate, m1, m2, server=None) -> tuple[Array, Array]:
     These are the marginal delay costs of the two moments; the KKT condition
     (eq. 17) of task k reads α A_k b_k e^{−b_k ℓ_k} = c_k (T1 + 2 T2 t_k(ℓ_k)).
     """
-    return (server or _ONE_SERVER).delay_prices(arrival_rate, m1, m2)
+    # made here, not at import: an array built at import would start JAX's backend
+    # before the command line sets the core count or jax.distributed starts
+    return (server or FIFO()).delay_prices(arrival_rate, m1, m2)
 
 
 def kkt_residual(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, ""]:
@@ -169,9 +169,13 @@ def integer_bound_holds(problem: Problem, budgets: Float[Array, " N"]) -> Array:
     return problem.arrival_rate * (m1 + jnp.max(problem.c, axis=-1)) < 1
 
 
-def _is_one_server(problem: Problem) -> bool:
-    """The paper's server (one FIFO server, statically): eq. 41 applies as printed."""
+def is_one_server(problem: Problem) -> bool:
+    """The paper's server (one FIFO server, statically: size 1): eq. 41 and the
+    bounds of Lemmas 2–3 apply as printed."""
     return isinstance(problem.server, FIFO) and problem.server.size == 1
+
+
+_is_one_server = is_one_server
 
 
 def monotone_lower_bound(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, ""]:

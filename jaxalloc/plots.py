@@ -62,6 +62,10 @@ QUANTITIES: dict[str, Quantity] = {
     "D": Quantity("accuracy at ℓ = 0", "D", "fraction correct", ""),
     "t0": Quantity("service time at ℓ = 0", "t0", "s", " s"),
     "c": Quantity("service time per token", "c", "s/token", " s/token"),
+    # server parameters (sweep axes, sensitivity parameters; docs/servers.md)
+    "servers": Quantity("servers", "c", "count", ""),
+    "max_batch": Quantity("largest batch", "B", "requests", " requests"),
+    "batch_slowdown": Quantity("batch slowdown per extra request", "β", "dimensionless", ""),
     # results (sweep columns)
     "budget": Quantity("optimal budget", "ℓ*", "tokens", " tokens"),
     "integer_budget": Quantity("integer budget", "ℓ_int", "tokens", " tokens"),
@@ -115,6 +119,8 @@ def value_label(field: str, value: float, task: str | None = None, fmt: str = ".
 def _per(field: str) -> str:
     """`tokens per <unit of field>`, for a derivative with respect to `field`."""
     unit = QUANTITIES[field].unit
+    if unit == "dimensionless":
+        return "tokens"
     return f"tokens per ({unit})" if ("/" in unit or " " in unit) else f"tokens per {unit}"
 
 
@@ -301,6 +307,9 @@ def plot_parameter_curve(curve: dict, param: str, names, path, title: str = "") 
         top.plot(curve["value"], curve["budgets"][:, k], color=f"C{k % 10}", label=name)
         bottom.plot(curve["value"], curve["derivative"][:, k], color=f"C{k % 10}")
     top.set_ylabel(axis_label("budget"))
+    if not np.isfinite(np.asarray(curve["derivative"], float)).any():  # an integer parameter (servers, max_batch)
+        bottom.text(0.5, 0.5, f"{QUANTITIES[param].words} takes whole numbers: no derivative", ha="center",
+                    va="center", transform=bottom.transAxes)
     bottom.set_ylabel(f"dℓ*/d{QUANTITIES[param].symbol} ({_per(param)})")
     bottom.set_xlabel(axis_label(param))
     top.set_title(title or f"Optimal budgets along {QUANTITIES[param].words} {QUANTITIES[param].symbol}")
@@ -660,3 +669,52 @@ def plot_load_gain(load: dict, path, mark: float | None = None, title: str = "")
         ax.legend(fontsize=8)
     top.set_title(title or "Beyond the paper: gain over uniform budgets and the cost of integer budgets", fontsize=10)
     _save(fig, plt, path)
+
+
+def plot_server_load(servers: dict, names, path, mark: float | None = None, title: str = "") -> None:
+    """Fig. 7 of `jaxalloc reproduce`: top, ℓ*_k against λ for each server
+    (solid: one FIFO server, the paper's; dashed: continuous batching); bottom,
+    J(ℓ*) for each. Points where a server is unstable or its solve did not
+    converge are left out. `servers` is the `servers` part of
+    :func:`jaxalloc.reproduce.reproduce`'s summary (:func:`~jaxalloc.reproduce.server_study`)."""
+    plt = _pyplot()
+    lam = np.asarray(servers["arrival_rate"], float)
+    keys = [k for k in servers if k != "arrival_rate"]
+    styles = ["-", "--", ":", "-."]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7.5), dpi=110, sharex=True)
+    for i, key in enumerate(keys):
+        s = servers[key]
+        budgets = np.array([[np.nan] * len(names) if row is None else row for row in s["budgets"]], float)
+        label = _server_label(s["server"])
+        for k, name in enumerate(names):
+            top.plot(lam, budgets[:, k], color=task_color(k), ls=styles[i % 4], lw=1.6,
+                     label=f"ℓ* {name}" if i == 0 else None)
+        obj = np.array([np.nan if v is None else v for v in s["objective"]], float)
+        bottom.plot(lam, obj, color="k", ls=styles[i % 4], lw=1.8, label=f"J(ℓ*), {label}")
+        sat = s["saturation_rate"]
+        for ax in (top, bottom):
+            ax.axvline(sat, color="0.4", ls=styles[i % 4], lw=0.8)
+        top.plot([], [], color="0.3", ls=styles[i % 4], label=f"{label}; saturates at λ = {sat:.3g}/s")
+    for ax in (top, bottom):
+        if mark is not None:
+            ax.axvline(mark, color="0.6", ls="-.", lw=1)
+        _log_scale(ax, "x")
+        ax.grid(alpha=0.3)
+    if mark is not None:
+        bottom.plot([], [], color="0.6", ls="-.", lw=1, label=f"paper's {value_label('arrival_rate', mark, fmt='g')}")
+    top.set_ylabel(axis_label("budget"))
+    bottom.set_ylabel(axis_label("objective"))
+    bottom.set_xlabel(axis_label("arrival_rate", note="log scale"))
+    top.legend(fontsize=7, loc="upper right", ncol=2)
+    bottom.legend(fontsize=8, loc="lower left")
+    top.set_title(title or "Beyond the paper: optimal budgets and J against λ, one FIFO server and continuous batching",
+                  fontsize=10)
+    _save(fig, plt, path)
+
+
+def _server_label(desc: dict) -> str:
+    if desc["kind"] == "fifo":
+        return "one FIFO server (paper)" if desc.get("servers", 1) == 1 else f"{desc['servers']} FIFO servers"
+    if desc["kind"] == "batching":
+        return f"batching B = {desc['max_batch']}, β = {desc['batch_slowdown']:g}"
+    return desc["kind"]

@@ -16,13 +16,13 @@ from .model import Problem
 from .objective import (
     integer_bound_holds,
     integer_lower_bound,
+    load,
     mean_accuracy,
-    mean_system_time,
-    mean_wait,
     moments,
     objective,
+    system_time,
     task_accuracy,
-    utilization,
+    task_system_time,
 )
 from .solution import Solution, Status
 from .solvers.integer import integer_budgets
@@ -34,18 +34,47 @@ def json_number(x) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def used_server(problem: Problem, solution: Solution):
+    """The server a solution was solved for: the solver's report of it where it
+    gives one (for a priority server with order "auto", the order it chose),
+    else the problem's own."""
+    server = getattr(solution, "server", None)
+    return problem.server if server is None else server
+
+
+def mean_wait(problem: Problem, budgets):
+    """E[W]: the mean time before service starts, E[T] − E[S] over all tasks
+    (eq. 5 for one FIFO server, from the server's own formula where it has one)."""
+    m1, m2 = moments(problem, budgets)
+    wait = getattr(problem.server, "mean_wait", None)
+    if wait is not None:  # one FIFO queue: Pollaczek-Khinchine (c = 1) or Lee-Longton, as is
+        return wait(problem.arrival_rate, m1, m2)
+    return server_system_time(problem, budgets) - m1
+
+
+def server_system_time(problem: Problem, budgets):
+    """E[T] of the problem's server, as J computes it (from the moments for an
+    aggregate server: eq. 6 bit for bit for one FIFO server)."""
+    if problem.server.aggregate:
+        return problem.server.delay(problem.arrival_rate, *moments(problem, budgets))
+    return system_time(problem, budgets)
+
+
 def solution_report(problem: Problem, solution: Solution, method: str, integer: str = "auto") -> dict[str, Any]:
     """The contract's JSON fields for a solved problem.
 
     Queue and accuracy figures (`accuracy`, `mean_wait`, `mean_system_time`,
-    `utilization`) are at the continuous optimum ℓ*; the `integer_*` fields at
-    the integer budgets chosen by `integer` (see
-    :func:`jaxalloc.solvers.integer.integer_budgets`). Non-finite numbers are
-    written as null.
+    `task_system_time`, `utilization`) are at the continuous optimum ℓ*, from
+    the server's delay model (:mod:`jaxalloc.servers`; utilisation is the load
+    λE[S] over the server's capacity); the `integer_*` fields at the integer
+    budgets chosen by `integer` (see
+    :func:`jaxalloc.solvers.integer.integer_budgets`). `server` is the server
+    used: its kind and parameters, and for priority the order used (the one
+    chosen when the profile says "auto"). Non-finite numbers are written as null.
     """
+    problem = problem.replace(server=used_server(problem, solution))
     ell = solution.budgets
     ell_int = integer_budgets(problem, ell, integer)
-    m1, m2 = moments(problem, ell)
     lam = problem.arrival_rate
     bound_ok = bool(integer_bound_holds(problem, ell))
     names = list(problem.names) or [f"task{k}" for k in range(problem.num_tasks)]
@@ -59,9 +88,10 @@ def solution_report(problem: Problem, solution: Solution, method: str, integer: 
         "integer_lower_bound_valid": bound_ok,
         "accuracy": json_number(mean_accuracy(problem, ell)),
         "task_accuracy": [float(x) for x in np.asarray(task_accuracy(problem, ell))],
-        "mean_wait": json_number(mean_wait(lam, m1, m2)),
-        "mean_system_time": json_number(mean_system_time(lam, m1, m2)),
-        "utilization": json_number(utilization(lam, m1)),
+        "mean_wait": json_number(mean_wait(problem, ell)),
+        "mean_system_time": json_number(server_system_time(problem, ell)),
+        "task_system_time": [json_number(x) for x in np.asarray(task_system_time(problem, ell))],
+        "utilization": json_number(load(problem, ell)),
         "kkt_residual": json_number(solution.kkt_residual),
         "status": Status(int(solution.status)).label,
         "method": method,
@@ -70,6 +100,7 @@ def solution_report(problem: Problem, solution: Solution, method: str, integer: 
         "alpha": float(problem.alpha),
         "max_tokens": float(problem.max_tokens),
         "prob": [float(x) for x in np.asarray(problem.prob)],
+        "server": problem.server.describe(tuple(names)),
     }
 
 
@@ -84,25 +115,50 @@ def format_report(report: dict[str, Any], title: str = "") -> str:
         f"arrival rate λ = {report['arrival_rate']:g}/s   α = {report['alpha']:g}   "
         f"ℓ_max = {report['max_tokens']:g}   method = {report['method']}"
     )
+    if "server" in report:
+        lines.append(f"server: {describe_server(report['server'])}")
     lines.append("")
-    lines.append(f"{'task':<{width}}  {'share π':>8}  {'budget ℓ*':>11}  {'integer':>8}  {'accuracy':>8}")
-    for name, pi, ell, li, acc in zip(
-        report["tasks"], report["prob"], report["budgets"], report["integer_budgets"], report["task_accuracy"]
+    lines.append(f"{'task':<{width}}  {'share π':>8}  {'budget ℓ*':>11}  {'integer':>8}  {'accuracy':>8}  {'E[T_k] s':>9}")
+    times = report.get("task_system_time") or [None] * len(report["tasks"])
+    for name, pi, ell, li, acc, t in zip(
+        report["tasks"], report["prob"], report["budgets"], report["integer_budgets"], report["task_accuracy"], times
     ):
-        lines.append(f"{name:<{width}}  {pi:>8.4f}  {ell:>11.3f}  {li:>8d}  {acc:>8.4f}")
+        lines.append(f"{name:<{width}}  {pi:>8.4f}  {ell:>11.3f}  {li:>8d}  {acc:>8.4f}  {fmt(t, '>9.4f')}")
     lines.append("")
     bound = fmt(report["integer_lower_bound"], ".6f")
+    one = _one_server(report)
     if not report["integer_lower_bound_valid"]:
-        bound += " (eq. 41 assumption λ(E[S]+c_max) < 1 fails)"
+        bound += (" (eq. 41 assumption λ(E[S]+c_max) < 1 fails)" if one else
+                  " (the queue is unstable with every budget one token higher)")
     lines += [
         f"objective J(ℓ*)        {fmt(report['objective'], '.6f')}",
         f"integer J(ℓ_int)       {fmt(report['integer_objective'], '.6f')}",
-        f"lower bound J̄ (eq. 41) {bound}",
+        (f"lower bound J̄ (eq. 41) {bound}" if one else f"lower bound J̄          {bound}"),
         f"mean accuracy          {fmt(report['accuracy'], '.4f')}",
         f"mean wait E[W]         {fmt(report['mean_wait'], '.4f')} s",
         f"mean system time E[T]  {fmt(report['mean_system_time'], '.4f')} s",
-        f"utilization ρ          {fmt(report['utilization'], '.4f')}",
+        f"utilization ρ          {fmt(report['utilization'], '.4f')}" + ("" if one else "  (load λE[S] / capacity)"),
         (f"status                 {report['status']} after {report['iterations']} iterations, "
          f"KKT residual {fmt(report['kkt_residual'], '.2e')}"),
     ]
     return "\n".join(lines)
+
+
+def _one_server(report: dict[str, Any]) -> bool:
+    return report.get("server", {"kind": "fifo", "servers": 1}) == {"kind": "fifo", "servers": 1}
+
+
+def describe_server(desc: dict[str, Any]) -> str:
+    """One line for a server's :meth:`~jaxalloc.servers.Server.describe`: kind, parameters, model."""
+    kind = desc["kind"]
+    if kind == "fifo":
+        c = desc["servers"]
+        return ("fifo, 1 server (M/G/1, Pollaczek-Khinchine: the paper's model)" if c == 1 else
+                f"fifo, {c} servers sharing one queue (M/G/{c}, Lee-Longton approximation)")
+    if kind == "priority":
+        how = "chosen to maximise J (order \"auto\")" if desc.get("auto") else "as given"
+        return f"priority (non-preemptive M/G/1, Cobham), order {' > '.join(desc['order'])}, {how}"
+    if kind == "batching":
+        return (f"batching, max_batch = {desc['max_batch']}, batch_slowdown = {desc['batch_slowdown']:g} "
+                "(state-dependent processor sharing)")
+    return ", ".join(f"{k} = {v}" for k, v in desc.items())

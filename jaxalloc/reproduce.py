@@ -5,7 +5,9 @@ Table I (parameters and ℓ* beside the printed values), Fig. 2 (accuracy
 curves), Fig. 3 (J under uniform budgets and the optimal allocation), Fig. 4
 (J as ℓ_GSM8K varies, with J̄ of eq. 41 and simulated points), and, beyond the
 paper, ℓ* as the load λ grows to saturation, the gain over the best uniform
-budget and the integer-rounding loss. It writes figures, CSV files,
+budget and the integer-rounding loss, and ℓ* and J along λ under a
+continuous-batching server (B = 64, β = 0.05) beside the paper's one FIFO
+server (:func:`server_study`, docs/servers.md). It writes figures, CSV files,
 `summary.json` and `report.md` (which states where and why the numbers differ
 from the paper's) into one folder. `jaxalloc reproduce` is its command line.
 """
@@ -29,7 +31,7 @@ import numpy as np
 from jax import lax
 
 from .errors import Interrupted
-from .model import TASK_FIELDS, Problem, paper_profile
+from .model import TASK_FIELDS, Problem, paper_profile, validate
 from .objective import (
     integer_lower_bound,
     mean_accuracy,
@@ -67,8 +69,13 @@ FIGURES = {
     "fig4": "fig4_gsm8k_budget.png",
     "load_budgets": "fig5_budgets_vs_load.png",
     "load_gain": "fig6_gain_and_rounding_vs_load.png",
+    "servers": "fig7_servers_vs_load.png",
 }
-TABLES = {"table1": "table1.csv", "fig4": "fig4_gsm8k_budget.csv", "load": "load.csv"}
+TABLES = {"table1": "table1.csv", "fig4": "fig4_gsm8k_budget.csv", "load": "load.csv", "servers": "servers_load.csv"}
+STUDY_SERVERS = {"fifo": {"kind": "fifo", "servers": 1},
+                 "batching": {"kind": "batching", "max_batch": 64, "batch_slowdown": 0.05}}
+"""The servers of Fig. 7 (:func:`server_study`): the paper's, and continuous batching
+of up to 64 requests, each step 5% slower per extra request."""
 FILES = sorted([*FIGURES.values(), *TABLES.values(), "summary.json", "report.md"])  # all that reproduce writes
 
 
@@ -274,6 +281,61 @@ def load_study(problem: Problem, points: int = 60) -> dict[str, list]:
     }
 
 
+# ---------------------------------------------------------------- beyond the paper: the server
+
+
+def server_study(problem: Problem, points: int = 60) -> dict[str, Any]:
+    """ℓ* and J(ℓ*) along λ for each server of :data:`STUDY_SERVERS` (Fig. 7).
+
+    One λ grid for both, log-spaced from λ_sat/1000 to 0.95 of the largest
+    saturation rate (capacity / Σπ_k t0_k; the batching server's is
+    r(64) = 64/(1 + 0.05·63) ≈ 15.4 times the FIFO server's), plus the
+    profile's own λ. Points where a server's queue is unstable at ℓ = 0, or
+    whose solve did not converge, have null budgets and J (their status says
+    which).
+
+    **Returns:** a dict with `arrival_rate`, and per server name
+    (`fifo`, `batching`): `server` (its description), `saturation_rate`,
+    `budgets` (rows of N), `objective`, `mean_system_time`, `utilization`
+    (load over capacity) and `status` (labels).
+    """
+    from .objective import load as load_of
+    from .report import server_system_time
+    from .servers import make_server
+    from .solution import Status
+
+    servers = {}
+    for key, spec in STUDY_SERVERS.items():
+        params = {k: v for k, v in spec.items() if k != "kind"}
+        servers[key] = validate(problem.replace(server=make_server(spec["kind"], problem.names,
+                                                                   dtype=problem.A.dtype, **params)))
+    m1_zero = float(np.sum(np.asarray(problem.prob) * np.asarray(problem.t0)))
+    saturation = {k: float(q.server.capacity()) / m1_zero for k, q in servers.items()}
+    top = max(saturation.values())
+    rates = np.geomspace(min(saturation.values()) / 1000, 0.95 * top, max(points - 1, 2))
+    rates = np.union1d(rates, [float(problem.arrival_rate)])
+    out: dict[str, Any] = {"arrival_rate": rates.tolist()}
+    for key, q in servers.items():
+        solution = solve_many(q, "newton", arrival_rate=rates)
+        status = np.asarray(solution.status)
+        ok = status == Status.CONVERGED
+        budgets = np.asarray(solution.budgets, float)
+        point = jax.vmap(lambda rate, ell, q=q: (server_system_time(q.replace(arrival_rate=rate), ell),
+                                                 load_of(q.replace(arrival_rate=rate), ell)))
+        delay, util = (np.asarray(x, float) for x in point(jnp.asarray(rates), jnp.asarray(budgets)))
+        listed = lambda a, ok=ok: [json_number(x) if good else None for x, good in zip(np.asarray(a, float), ok)]
+        out[key] = {
+            "server": q.server.describe(q.names),
+            "saturation_rate": saturation[key],
+            "budgets": [[float(x) for x in row] if good else None for row, good in zip(budgets, ok)],
+            "objective": listed(solution.objective),
+            "mean_system_time": listed(delay),
+            "utilization": listed(util),
+            "status": [Status(int(c)).label for c in status],
+        }
+    return out
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -298,6 +360,26 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
         w.writerow(header)
         for row in rows:
             w.writerow([repr(x) if isinstance(x, float) else x for x in row])
+
+
+def server_table(servers: dict[str, Any], names: list[str]) -> tuple[list[str], list[list]]:
+    """Header and rows of `servers_load.csv` (one row per λ; empty cells where a
+    server's point is unstable or did not converge)."""
+    keys = list(STUDY_SERVERS)
+    header = ["arrival_rate"]
+    for key in keys:
+        header += [f"{key}_budget_{t}" for t in names] + [f"{key}_{c}" for c in
+                                                          ("objective", "mean_system_time", "utilization", "status")]
+    rows = []
+    for i, lam in enumerate(servers["arrival_rate"]):
+        row: list = [lam]
+        for key in keys:
+            s = servers[key]
+            row += list(s["budgets"][i]) if s["budgets"][i] is not None else [""] * len(names)
+            row += ["" if s[c][i] is None else s[c][i] for c in ("objective", "mean_system_time", "utilization")]
+            row.append(s["status"][i])
+        rows.append(row)
+    return header, rows
 
 
 def check_out(out) -> Path:
@@ -444,10 +526,13 @@ def _run(problem: Problem, conf: dict[str, Any], out: Path, markers, marker_info
         "median_halfwidth95": float(np.median(fig4_sim["halfwidth"])),
     }
 
-    step(5, f"beyond the paper: ℓ*, best uniform budget and rounding loss at {conf['load_points']} arrival rates")
+    step(5, f"beyond the paper: ℓ*, best uniform budget and rounding loss at {conf['load_points']} arrival rates; "
+            "ℓ* and J for one FIFO server and a batching server (Fig. 7)")
     load = load_study(problem, conf["load_points"])
     plots.plot_load_budgets(load, names, out / FIGURES["load_budgets"], mark=float(problem.arrival_rate))
     plots.plot_load_gain(load, out / FIGURES["load_gain"], mark=float(problem.arrival_rate))
+    servers = server_study(problem, conf["load_points"])
+    plots.plot_server_load(servers, names, out / FIGURES["servers"], mark=float(problem.arrival_rate))
 
     step(6, "writing table1.csv, CSV data, summary.json and report.md")
     header = ["task"] + [f"{p}{f}" for f in TASK_FIELDS + ("budget",) for p in ("", "paper_", "diff_")] + ["integer_budget"]
@@ -461,6 +546,7 @@ def _run(problem: Problem, conf: dict[str, Any], out: Path, markers, marker_info
                ([lam, *b, *bi, *rest] for lam, b, bi, *rest in zip(
                    load["arrival_rate"], load["budgets"], load["integer_budgets"],
                    *(load[k] for k in load_header[1 + 2 * n:]))))
+    _write_csv(out / TABLES["servers"], *server_table(servers, names))
     summary = {
         "settings": conf,
         "operating_point": {"arrival_rate": float(problem.arrival_rate), "alpha": float(problem.alpha),
@@ -476,6 +562,7 @@ def _run(problem: Problem, conf: dict[str, Any], out: Path, markers, marker_info
         "best_uniform_budget": {"continuous": u_cont, "integer": u_int},
         "fig4": fig4,
         "load": load,
+        "servers": servers,
         "files": list(FILES),
     }
     summary["seconds"] = time.perf_counter() - start
@@ -628,6 +715,7 @@ def format_markdown(summary: dict[str, Any]) -> str:
            f"rates, from λ = {invalid_from:.3g}/s up." if invalid_from is not None else ""),
         "",
     ]
+    lines += _server_lines(summary, names)
     picks = sorted(set(np.linspace(0, len(lam) - 1, 8).round().astype(int)) | {at})
     header = ["λ (1/s)", "ρ at ℓ*"] + [f"ℓ* {n}" for k, n in enumerate(names) if positive[:, k].any()] + \
         ["best uniform ℓ", "gain", "rounding loss", "J − J̄"]
@@ -640,6 +728,33 @@ def format_markdown(summary: dict[str, Any]) -> str:
     lines += ["", "## Files", ""]
     lines += [f"- `{f}`" for f in summary["files"]]
     return "\n".join(lines) + "\n"
+
+
+def _server_lines(summary: dict[str, Any], names: list[str]) -> list[str]:
+    """The Fig. 7 bullet of report.md: ℓ* and J at the paper's λ under each server of the study."""
+    servers = summary.get("servers")
+    if not servers:
+        return []
+    lam = np.asarray(servers["arrival_rate"], float)
+    at = int(np.argmin(np.abs(lam - summary["operating_point"]["arrival_rate"])))
+    fifo, batch = servers["fifo"], servers["batching"]
+    desc = batch["server"]
+
+    def at_point(s):
+        if s["budgets"][at] is None:
+            return f"no converged solution ({s['status'][at]})"
+        budgets = ", ".join(f"{n} {b:.1f}" for n, b in zip(names, s["budgets"][at]) if b > 0) or "all 0"
+        return f"ℓ* = {budgets}, J = {s['objective'][at]:.4f}"
+
+    converged = sum(1 for v in batch["status"] if v == "converged")
+    return [
+        (f"- **A continuous-batching server** (Fig. 7, `{FIGURES['servers']}`, `{TABLES['servers']}`; "
+         f"B = {desc['max_batch']}, β = {desc['batch_slowdown']:g}, docs/servers.md) saturates at λ = "
+         f"{batch['saturation_rate']:.3g}/s against {fifo['saturation_rate']:.3g}/s for the paper's one FIFO server. "
+         f"At the paper's λ: FIFO {at_point(fifo)}; batching {at_point(batch)}. "
+         f"{converged} of {len(lam)} batching points converged."),
+        "",
+    ]
 
 
 def format_summary(summary: dict[str, Any], out) -> str:

@@ -3,7 +3,10 @@
 - :func:`budget_curve`: J as one task's budget varies with the others held at
   their optimum (Fig. 4), with the integer lower bound J̄ of eq. 41 beside it.
 - :func:`parameter_curve`: ℓ*(θ) and dℓ*/dθ (implicit differentiation,
-  :mod:`jaxalloc.implicit`) over a range of one scalar parameter θ.
+  :mod:`jaxalloc.implicit`) over a range of one scalar parameter θ: λ, α,
+  ℓ_max, or a parameter of the problem's server (`batch_slowdown`; and
+  `servers` / `max_batch`, whole numbers, for which ℓ* comes without a
+  derivative: NaN).
 """
 
 from __future__ import annotations
@@ -15,9 +18,13 @@ import numpy as np
 from .implicit import optimal_budgets
 from .model import Problem, ProblemError
 from .objective import integer_lower_bound, objective
+from .servers import SWEEPABLE
 from .solve import solve
 
-SCALAR_FIELDS = ("arrival_rate", "alpha", "max_tokens")
+SCALAR_FIELDS = ("arrival_rate", "alpha", "max_tokens") + SWEEPABLE
+"""Parameters :func:`parameter_curve` can vary: the operating point and the server's scalar parameters."""
+INTEGER_FIELDS = ("servers", "max_batch")
+"""Whole-number server parameters: ℓ* along them, without derivatives."""
 
 
 def task_index(problem: Problem, task: str) -> int:
@@ -94,13 +101,36 @@ def simulated_budget_points(problem: Problem, task: str, budgets, *, queries: in
 
 
 def parameter_curve(problem: Problem, param: str, values) -> dict[str, np.ndarray]:
-    """ℓ*(θ) and dℓ*/dθ for θ = `param` (arrival_rate, alpha or max_tokens) over `values`.
+    """ℓ*(θ) and dℓ*/dθ for θ = `param` over `values`.
+
+    `param`: arrival_rate, alpha, max_tokens, or a parameter of the problem's
+    server (:data:`SCALAR_FIELDS`; one of another server kind is an error
+    naming it). For `servers` and `max_batch` the values must be whole numbers
+    (the server is resized to hold the largest) and the derivative is NaN:
+    they are integers, with no derivative.
 
     **Returns:** a dict with `value` (θ), `budgets` (len × N) and `derivative` (len × N).
     """
     if param not in SCALAR_FIELDS:
         raise ProblemError(f"param = {param!r}: expected one of {', '.join(SCALAR_FIELDS)}")
-    theta = jnp.asarray(values, problem.A.dtype)
+    if param in SWEEPABLE and param not in problem.server.fields:
+        have = ", ".join(problem.server.fields) or "none"
+        raise ProblemError(f"param = {param!r}: not a parameter of this profile's {problem.server.kind!r} server "
+                           f"(its parameters: {have})")
+    raw = np.asarray(values, dtype=np.float64).reshape(-1)
+    if param in INTEGER_FIELDS:
+        bad = (raw != np.round(raw)) | (raw < 1)
+        if bad.any():
+            raise ProblemError(f"{param} = {raw[bad][0]:g}: must be an integer >= 1 (a range of whole numbers, "
+                               f"e.g. 1:8:8)")
+        problem = problem.replace(server=problem.server.resized(int(raw.max())))
+    elif param == "batch_slowdown" and (raw < 0).any():
+        raise ProblemError(f"batch_slowdown = {raw[raw < 0][0]:g}: must be >= 0")
+    theta = jnp.asarray(raw, problem.A.dtype)
     f = lambda v: optimal_budgets(problem.replace(**{param: v}))
-    budgets, derivative = jax.vmap(lambda v: jax.jvp(f, (v,), (jnp.ones_like(v),)))(theta)
+    if param in INTEGER_FIELDS:
+        budgets = jax.vmap(f)(theta)
+        derivative = jnp.full_like(budgets, jnp.nan)
+    else:
+        budgets, derivative = jax.vmap(lambda v: jax.jvp(f, (v,), (jnp.ones_like(v),)))(theta)
     return {"value": np.asarray(theta), "budgets": np.asarray(budgets), "derivative": np.asarray(derivative)}

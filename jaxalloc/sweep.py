@@ -1,8 +1,11 @@
 """Sweeps over many operating points: grids, blocks, devices, storage, resume.
 
 A sweep is the Cartesian product of axes, each a field of the problem and the
-values it takes: a scalar field (`arrival_rate`, `alpha`, `max_tokens`) or one
-task's parameter written `FIELD:TASK`, TASK as the profile names it or its
+values it takes: a scalar field (`arrival_rate`, `alpha`, `max_tokens`), a
+parameter of the problem's server (`servers` for fifo, `max_batch` and
+`batch_slowdown` for batching; the integer ones take whole numbers, and the
+server is resized to hold the largest, see :meth:`~jaxalloc.servers.Server.resized`)
+or one task's parameter written `FIELD:TASK`, TASK as the profile names it or its
 index (`b:GSM8K`, `t0:0`, `prob:AIME`; for `prob` the other tasks' shares are
 rescaled so that they still sum to 1).
 Points are numbered in C order (the last axis varies fastest).
@@ -80,12 +83,18 @@ import numpy as np
 from .errors import Interrupted
 from .files import replacing, why_unwritable
 from .model import Problem, ProblemError, validate
-from .objective import mean_accuracy, mean_system_time, moments, utilization
+from .objective import load, mean_accuracy
+from .report import server_system_time
+from .servers import SWEEPABLE
 from .solution import Status
 from .solve import chunk_layout, get_solver, map_chunks, solve_batch
 from .solvers.integer import MAX_ENUMERATE_TASKS, integer_budgets
 
 SCALAR_FIELDS = ("arrival_rate", "alpha", "max_tokens")
+SERVER_FIELDS = SWEEPABLE
+"""Server parameters that can be axes (those of the problem's server kind): `servers`, `max_batch`, `batch_slowdown`."""
+INTEGER_FIELDS = ("servers", "max_batch")
+"""Axes whose values must be whole numbers (the server is resized to hold the largest)."""
 PER_TASK_FIELDS = ("prob", "A", "b", "D", "t0", "c")
 SWEEP_ENUMERATE_TASKS = 8
 """With `integer="auto"`, sweeps enumerate the 2^N floor/ceil candidates
@@ -160,6 +169,32 @@ def _task_index(problem: Problem, name: str, key: str) -> int:
     return k
 
 
+def _server_axis(problem: Problem, name: str, values: np.ndarray) -> None:
+    """Check an axis over a server parameter: one of the server's kind, whole numbers where it must be."""
+    server = problem.server
+    if name not in server.fields:
+        has = f"it has: {', '.join(server.fields)}" if server.fields else "it has no parameter that can be an axis"
+        raise SweepError(f"axis {name!r}: not a parameter of this profile's {server.kind!r} server ({has}; "
+                         "choose the server with --server or the profile's [server] table)")
+    if name in INTEGER_FIELDS:
+        bad = (values != np.round(values)) | (values < 1)
+        if bad.any():
+            raise SweepError(f"axis {name!r}: value {values[bad][0]:g} is not an integer >= 1 ({name} takes whole "
+                             f"numbers; e.g. {name}=1:8:8)")
+
+
+def resized_for_axes(problem: Problem, axes) -> Problem:
+    """`problem` with its server able to hold the largest value of each integer
+    server axis (`servers`, `max_batch`; :meth:`~jaxalloc.servers.Server.resized`).
+    `axes`: :class:`Axis` objects or (name, values) pairs."""
+    size = 0
+    for a in axes:
+        fld, values = (a.field, a.values) if isinstance(a, Axis) else a
+        if fld in INTEGER_FIELDS and fld in problem.server.fields:
+            size = max(size, int(np.max(values)))
+    return problem if size < 1 else problem.replace(server=problem.server.resized(size))
+
+
 def make_axes(problem: Problem, axes: Mapping[str, Any]) -> list[Axis]:
     """Check and normalise sweep axes (name → 1-D values, or a range string).
 
@@ -175,14 +210,14 @@ def make_axes(problem: Problem, axes: Mapping[str, Any]) -> list[Axis]:
         if values.ndim != 1 or values.size == 0:
             raise SweepError(f"axis {name!r}: expected a non-empty 1-D array of values, got shape {values.shape}")
         fld, _, key = name.partition(":")
-        if fld in SCALAR_FIELDS and not key:
+        if fld in SCALAR_FIELDS + SERVER_FIELDS and not key:
             task = None
         elif fld in PER_TASK_FIELDS and key:
             task = _task_index(problem, name, key)
         else:
             raise SweepError(
-                f"axis {name!r}: expected one of {', '.join(SCALAR_FIELDS)} or FIELD:TASK with FIELD in "
-                f"{', '.join(PER_TASK_FIELDS)} (e.g. b:{problem.names[0]})"
+                f"axis {name!r}: expected one of {', '.join(SCALAR_FIELDS + SERVER_FIELDS)} or FIELD:TASK with FIELD "
+                f"in {', '.join(PER_TASK_FIELDS)} (e.g. b:{problem.names[0]})"
             )
         if (fld, task) in seen:
             raise SweepError(f"axis {name!r}: the same field is swept twice")
@@ -190,12 +225,15 @@ def make_axes(problem: Problem, axes: Mapping[str, Any]) -> list[Axis]:
         bad = ~np.isfinite(values)
         if bad.any():
             raise SweepError(f"axis {name!r}: value {values[bad][0]} is not a finite number")
+        if fld in SERVER_FIELDS:
+            _server_axis(problem, fld, values)
         if fld == "prob" and not ((values > 0) & (values < 1)).all():
             v = values[~((values > 0) & (values < 1))][0]
             raise SweepError(f"axis {name!r}: prob = {v:g} must be in (0, 1)")
+        base = resized_for_axes(problem, [(fld, values)])
         for v in (values.min(), values.max()):  # the rules are intervals: the extremes decide
             try:
-                validate(_with_values(problem, [(fld, task)], [np.float64(v)]), stability=False)
+                validate(_with_values(base, [(fld, task)], [np.float64(v)]), stability=False)
             except ProblemError as err:
                 raise SweepError(f"axis {name!r}: value {v:g} is invalid: {err}") from None
         out.append(Axis(name, fld, task, values))
@@ -276,11 +314,26 @@ class SweepPlan:
                 + ["objective", "accuracy", "mean_system_time", "utilization", "status", "kkt_residual", "iterations"])
 
 
-def plan_sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "newton", integer: str = "auto",
+def _method_name(problem: Problem, method) -> str:
+    """The solver name a plan records (and its fingerprint holds): `method`, or for
+    None / "auto" the default solver of the problem's server ("newton" for the
+    paper's, so that default sweeps keep their fingerprint)."""
+    import importlib
+
+    solve_module = importlib.import_module("jaxalloc.solve")  # the module (the package's `solve` is the function)
+
+    solver_for = getattr(solve_module, "solver_for", None)
+    if solver_for is None:
+        return "newton" if method in (None, "auto") else method
+    return solve_module.method_name(solver_for(problem, None if method == "auto" else method))
+
+
+def plan_sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "auto", integer: str = "auto",
                dtype=None, block: int | None = None, chunk: int | None = None, devices: int | None = None) -> SweepPlan:
     """Check a sweep and fix its block layout. Arguments as in :func:`sweep`."""
     validate(problem, stability=False)
     get_solver(method)  # unknown method: ValueError naming it
+    method = _method_name(problem, method)
     if integer not in ("auto", "enumerate", "round", "coordinate"):
         raise SweepError(f"integer = {integer!r}: expected auto, enumerate, round or coordinate")
     if integer == "auto":
@@ -292,6 +345,7 @@ def plan_sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "newt
     if dtype is not None:
         problem = problem.astype(dtype)
     axis_list = tuple(make_axes(problem, axes))
+    problem = resized_for_axes(problem, axis_list)
     devices = jax.local_device_count() if devices is None else int(devices)
     if devices < 1 or devices > jax.local_device_count():
         raise SweepError(f"devices = {devices}: this process has {jax.local_device_count()} local devices")
@@ -320,13 +374,12 @@ def plan_sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "newt
 def _point_columns(problem: Problem, solution, integer: str) -> dict:
     """The derived columns of one point (vmapped)."""
     ell = solution.budgets
-    m1, m2 = moments(problem, ell)
     stable = solution.status != Status.UNSTABLE_QUEUE
     return {
         "integer_budgets": jnp.where(stable, integer_budgets(problem, ell, integer), 0.0),
         "accuracy": mean_accuracy(problem, ell),
-        "mean_system_time": jnp.where(stable, mean_system_time(problem.arrival_rate, m1, m2), jnp.inf),
-        "utilization": utilization(problem.arrival_rate, m1),
+        "mean_system_time": jnp.where(stable, server_system_time(problem, ell), jnp.inf),
+        "utilization": load(problem, ell),  # λE[S] / capacity (ρ of eq. 4 for one server)
     }
 
 
@@ -346,7 +399,7 @@ def _compute_block(problem: Problem, values: tuple, start, targets: tuple, shape
 
     def one_chunk(vals):
         lanes = _with_values(problem, targets, vals)
-        fields = {f: getattr(lanes, f) for f in {fld for fld, _ in targets}}
+        fields = {f: getattr(lanes.server if f in SERVER_FIELDS else lanes, f) for f in {fld for fld, _ in targets}}
         sol = solve_batch(problem, fields, solver)
         extra = jax.vmap(lambda f, s: _point_columns(problem.replace(**f), s, integer))(fields, sol)
         return dict(budgets=sol.budgets, objective=sol.objective, kkt_residual=sol.kkt_residual,
@@ -696,7 +749,7 @@ def _progress_bar(total: int, initial: int, enabled: bool | None, desc: str):
                 desc=desc, file=sys.stderr, smoothing=0.1)
 
 
-def sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "newton", integer: str = "auto",
+def sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "auto", integer: str = "auto",
           dtype=None, out: str | os.PathLike | None = None, resume: bool = True, progress: bool | None = None,
           block: int | None = None, chunk: int | None = None, devices: int | None = None,
           process_index: int | None = None, process_count: int | None = None,
@@ -709,7 +762,9 @@ def sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "newton", 
     - `axes`: name → values (1-D array) or a range string `START:STOP:NUM[:log]`;
       names are `arrival_rate`, `alpha`, `max_tokens` or `FIELD:TASK` (see
       the module docstring). The grid is their Cartesian product, C order.
-    - `method`: solver name (default "newton").
+    - `method`: solver name; "auto" (default): the default solver of the
+      problem's server ("newton" for fifo and batching, "projected-newton"
+      for priority), recorded by that name.
     - `integer`: integer budgets: "auto" (eq. 39 enumeration up to
       :data:`SWEEP_ENUMERATE_TASKS` tasks, coordinate search up to
       :data:`SWEEP_COORDINATE_TASKS`, rounding beyond), "enumerate", "round"

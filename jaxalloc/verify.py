@@ -12,6 +12,17 @@
 - Lemma 3: |∂²J/∂ℓ_k∂ℓ_j| ≤ H_kj (eq. 31) and ‖∇²J‖∞ ≤ L_J (eq. 32), with how
   loose the bound is.
 
+The lemmas are about the paper's server, one FIFO M/G/1 queue with the
+Pollaczek–Khinchine delay: eqs. 11 and 33–34 are its Hessians, eq. 22 its
+fixed point, eqs. 26 and 31–32 its bounds. For another server
+(:mod:`jaxalloc.servers`) Lemmas 2 and 3 are `not_applicable` (their formulas
+are written for that delay), with that reason; Lemma 1 becomes what still
+makes sense: whether J is concave on the sampled stable budgets, from the
+autodiff Hessian's eigenvalues (its outcome is `holds` when none is ≥ 0, and
+`not_applicable` otherwise: the paper proves concavity for M/G/1 only, and a
+non-concave J under another server contradicts no lemma; the solvers then
+return a KKT point, see docs/servers.md).
+
 Each lemma ends in one of three outcomes: `holds` (its conclusion checked and
 true), `fails` (an autodiff check contradicts it; the reason says where), or
 `not_applicable` (its assumption does not hold on this profile). Lemmas 2–3
@@ -72,8 +83,9 @@ def objective_hessian_closed_form(problem: Problem, budgets) -> np.ndarray:
 
 
 def _stable_samples(problem: Problem, count: int, rng, rho_max: float = 0.999) -> np.ndarray:
-    """Random budgets spread over the stability region, utilisation up to `rho_max`."""
-    lam = float(problem.arrival_rate)
+    """Random budgets spread over the stability region, utilisation (load over
+    the server's capacity) up to `rho_max`."""
+    lam = float(problem.arrival_rate) / float(problem.server.capacity())
     pi, t0, c = (np.asarray(getattr(problem, f)) for f in ("prob", "t0", "c"))
     top = float(problem.max_tokens)
     rho0 = lam * pi @ t0
@@ -172,15 +184,24 @@ def _lemma_outcome(entry: dict[str, Any], regions: list[dict[str, Any]], failure
         entry["outcome"], entry["reason"] = HOLDS, holds
 
 
+def paper_server(problem: Problem) -> bool:
+    """Whether the problem's server is the paper's: one FIFO server (M/G/1, Pollaczek–Khinchine)."""
+    server = problem.server
+    return server.kind == "fifo" and float(server.capacity()) == 1.0
+
+
 def verify(problem: Problem, *, points: int = 200, seed: int = 0) -> dict[str, Any]:
     """Check Lemmas 1–3 on `problem`; returns a JSON-ready report (see module docstring).
 
     Each lemma gets an `outcome` (:data:`HOLDS`, :data:`FAILS` or
     :data:`NOT_APPLICABLE`) and a `reason`; `failed` lists the lemmas that
-    fail, and `pass` is true when none does.
+    fail, and `pass` is true when none does. `server` describes the server;
+    for one other than the paper's, see :func:`verify_other_server`.
     """
+    if not paper_server(problem):
+        return verify_other_server(problem, points=points, seed=seed)
     rng = np.random.default_rng(seed)
-    report: dict[str, Any] = {"points": points, "seed": seed}
+    report: dict[str, Any] = {"points": points, "seed": seed, "server": problem.server.describe(problem.names)}
 
     # Lemma 1: on the stability region, which validation guarantees is not empty
     samples = _stable_samples(problem, points, rng)
@@ -258,8 +279,88 @@ def verify(problem: Problem, *, points: int = 200, seed: int = 0) -> dict[str, A
     return report
 
 
+_PK_ONLY = {
+    "lemma2": ("eq. 22's fixed point and the bound L_inf of eq. 26 are written for one FIFO server's "
+               "Pollaczek-Khinchine delay, not for a {kind} server"),
+    "lemma3": ("the Hessian bounds H_kj and L_J of eqs. 31-32 are written for one FIFO server's "
+               "Pollaczek-Khinchine delay, not for a {kind} server"),
+}
+
+
+def verify_other_server(problem: Problem, *, points: int = 200, seed: int = 0) -> dict[str, Any]:
+    """The report of :func:`verify` for a server other than the paper's one FIFO server.
+
+    Lemma 1: J's autodiff Hessian at `points` random stable budgets (load up
+    to 0.999 of the server's capacity) and at ℓ*: `holds` if every eigenvalue
+    is < 0 (J is strictly concave at every point checked), else
+    `not_applicable` with the largest eigenvalue and where (the lemma is
+    proved for M/G/1; another server may make J non-concave). No closed-form
+    Hessian is compared (eqs. 11 and 33-34 are M/G/1's). Lemmas 2 and 3:
+    `not_applicable`, with the reason.
+    """
+    rng = np.random.default_rng(seed)
+    desc = problem.server.describe(problem.names)
+    kind = desc["kind"]
+    report: dict[str, Any] = {"points": points, "seed": seed, "server": desc}
+    samples = _stable_samples(problem, points, rng)
+    star = solve(problem, throw=False, check=False)
+    star_budgets = np.asarray(star.budgets)
+    if np.all(np.isfinite(star_budgets)):
+        samples = np.vstack([samples, star_budgets[None, :]])
+    H = np.asarray(jax.vmap(hessian, in_axes=(None, 0))(problem, jnp.asarray(samples)))
+    finite = np.all(np.isfinite(H), axis=(1, 2))
+    eig = np.array([float(np.linalg.eigvalsh(a).max()) if ok else np.nan for a, ok in zip(H, finite)])
+    loads = (float(problem.arrival_rate) * np.asarray(jax.vmap(lambda x: moments(problem, x)[0])(jnp.asarray(samples)))
+             / float(problem.server.capacity()))
+    checked = ("J's autodiff Hessian is negative definite at random stable budgets and at l* (the concavity of "
+               "Lemma 1; eqs. 11 and 33-34 are M/G/1's Hessians and are not compared)")
+    if not finite.any():
+        outcome, reason = FAILS, "J's Hessian is not finite at any sampled stable point"
+    elif np.nanmax(eig) < 0:
+        outcome, reason = HOLDS, (f"J's Hessian is negative definite at every point checked under this {kind} server "
+                                  f"(largest eigenvalue {np.nanmax(eig):.3e}); the lemma's proof is for M/G/1, this "
+                                  "is a numerical check")
+    else:
+        worst = int(np.nanargmax(eig))
+        outcome = NOT_APPLICABLE
+        reason = (f"Lemma 1 is proved for one FIFO server; under this {kind} server J is not concave everywhere: "
+                  f"its Hessian has an eigenvalue {eig[worst]:.3e} >= 0 at load {loads[worst]:.3f} of capacity "
+                  f"({int(np.sum(eig >= 0))} of {int(finite.sum())} points); the solvers return a KKT point")
+    report["lemma1"] = {
+        "outcome": outcome,
+        "reason": reason,
+        "checked": checked,
+        "points": int(finite.sum()),
+        "utilization_range": [float(loads.min()), float(loads.max())],
+        "largest_eigenvalue": float(np.nanmax(eig)) if finite.any() else None,
+        "concave_at_points": int(np.sum(eig < 0)),
+    }
+    for k in ("lemma2", "lemma3"):
+        report[k] = {"outcome": NOT_APPLICABLE, "reason": _PK_ONLY[k].format(kind=kind), "checked": "nothing"}
+    report["failed"] = [k for k in ("lemma1", "lemma2", "lemma3") if report[k]["outcome"] == FAILS]
+    report["pass"] = not report["failed"]
+    return report
+
+
+def _format_other_server(report: dict[str, Any]) -> str:
+    l1 = report["lemma1"]
+    outcome = lambda entry: entry["outcome"].replace("_", " ")
+    lines = [f"server: {report['server']['kind']} (the lemmas are the paper's, for one FIFO server)",
+             f"Lemma 1 (strict concavity): {outcome(l1)}", f"  {l1['reason']}",
+             (f"  {l1['points']} points, load {l1['utilization_range'][0]:.3f}..{l1['utilization_range'][1]:.3f} "
+              "of capacity")]
+    for k, title in (("lemma2", "Lemma 2 (Jacobian bound of the fixed-point map, eq. 26)"),
+                     ("lemma3", "Lemma 3 (Lipschitz gradient, eqs. 31-32)")):
+        lines += [f"{title}: {outcome(report[k])}", f"  {report[k]['reason']}"]
+    failed = report["failed"]
+    lines.append("overall: " + (f"FAIL ({', '.join(failed)})" if failed else "no lemma fails"))
+    return "\n".join(lines)
+
+
 def format_verify_report(report: dict[str, Any]) -> str:
     """Lemma-by-lemma text for people: each lemma's outcome and reason, then what was measured."""
+    if report.get("server", {"kind": "fifo", "servers": 1}) != {"kind": "fifo", "servers": 1}:
+        return _format_other_server(report)
     l1, l2, l3 = report["lemma1"], report["lemma2"], report["lemma3"]
     outcome = lambda entry: entry["outcome"].replace("_", " ")
     lines = [
