@@ -178,14 +178,14 @@ def _load(profile: str | None, args, overrides: bool = True):
     jax.config.update("jax_enable_x64", True)
     from .model import load_profile, paper_profile, validate
 
-    problem = paper_profile() if profile is None else load_profile(profile)
+    # stability is checked after the flags: --arrival-rate or a server flag may make the queue stable
+    problem = paper_profile() if profile is None else load_profile(profile, stability=False)
     fields = ("arrival_rate", "alpha", "max_tokens") if overrides else ()
     overrides = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
     server = _apply_server(problem, args)
     if server is not None:
         overrides["server"] = server
-    if overrides:
-        problem = validate(problem.replace(**overrides))
+    problem = validate(problem.replace(**overrides) if overrides else problem)
     name = "paper" if profile is None else profile
     return problem, name
 

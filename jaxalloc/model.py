@@ -119,6 +119,7 @@ def make_problem(
     server: Server | None = None,
     dtype=None,
     check: bool = True,
+    stability: bool = True,
 ) -> Problem:
     """Build a :class:`Problem` from plain numbers, validating them.
 
@@ -132,6 +133,8 @@ def make_problem(
       default one FIFO server (the paper's).
     - `dtype`: floating dtype of the leaves (default: JAX's default float).
     - `check`: run :func:`validate` (raises :class:`ProblemError`).
+    - `stability`: with `check`, also require a queue stable at ℓ = 0 (off
+      when the load or the server is still to be changed, e.g. by flags).
 
     **Returns:** a :class:`Problem`.
     """
@@ -164,7 +167,7 @@ def make_problem(
         server=(default_server() if server is None else server).astype(dtype),
     )
     if check:
-        validate(problem)
+        validate(problem, stability=stability)
     return problem
 
 
@@ -255,7 +258,7 @@ def _number(where: str, value: Any) -> float:
     return float(value)
 
 
-def problem_from_dict(data: Mapping[str, Any], *, dtype=None) -> Problem:
+def problem_from_dict(data: Mapping[str, Any], *, dtype=None, stability: bool = True) -> Problem:
     """Build and validate a problem from a parsed profile (the TOML layout).
 
     Top level: `name` (optional), `arrival_rate`, `alpha`, `max_tokens`, an
@@ -308,12 +311,14 @@ def problem_from_dict(data: Mapping[str, Any], *, dtype=None) -> Problem:
         names=names,
         server=server,
         dtype=dtype,
+        stability=stability,
         **columns,
     )
 
 
-def load_profile(path: str | Path, *, dtype=None) -> Problem:
-    """Read a TOML profile from `path` (see :func:`problem_from_dict`)."""
+def load_profile(path: str | Path, *, dtype=None, stability: bool = True) -> Problem:
+    """Read a TOML profile from `path` (see :func:`problem_from_dict`; `stability`
+    as in :func:`make_problem`)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -325,7 +330,7 @@ def load_profile(path: str | Path, *, dtype=None) -> Problem:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ProblemError(f"profile: malformed TOML in {path}: {err}") from None
-    return problem_from_dict(data, dtype=dtype)
+    return problem_from_dict(data, dtype=dtype, stability=stability)
 
 
 def bundled_profiles() -> list[str]:

@@ -153,6 +153,11 @@ def test_unstable_profile_table(tmp_path, capsys):
                     + '\n[server]\nkind = "batching"\nmax_batch = 8\nbatch_slowdown = 3\n')
     line = error_line(capsys, ["solve", str(path)])
     assert "arrival_rate = 5: queue unstable even at zero budgets" in line and "batching" in line, line
+    # the check runs after the flags: a slowdown (or a rate) given on the command line can make it stable
+    # (E[S](0) = 0.125: load 0.625 against capacity 8/(1 + 0.05·7) = 5.9)
+    assert loaded("solve", str(path), "--batch-slowdown", "0.05").server.describe(()) == {
+        "kind": "batching", "max_batch": 8, "batch_slowdown": 0.05}
+    assert float(loaded("solve", str(path), "--arrival-rate", "1").arrival_rate) == 1.0
 
 
 @pytest.mark.parametrize("command", [
