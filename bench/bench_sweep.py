@@ -8,6 +8,11 @@ What it measures, in one run:
   renamed file, *after* a warm-up sweep of the same block shape (compilation
   excluded), median of ``--repeats``; points/s, share converged, and the
   largest float32 − float64 budget difference in tokens;
+- N = 6, the same grid, on other servers (issue 15): FIFO with c = 4 servers
+  (λ scaled by c, so that each server sees the same load) and continuous
+  batching (B = 64, β = 0.05, λ scaled by its capacity r(B)); points/s and
+  the ratio to the single-FIFO rate of the same run (target: within 2×,
+  i.e. ratio ≥ 0.5);
 - N = 64 and N = 1024 (seeded random task parameters, see ``make_problem``),
   ``--wide-points`` points (default 10^4) the same way;
 - peak resident memory of a child process that sweeps ``--memory-points``
@@ -49,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxalloc
+from jaxalloc.servers import make_server
 from jaxalloc.sweep import sweep
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,10 +63,17 @@ from bench_solvers import scipy_baseline
 LAM, ALPHA = (0.005, 0.4), (1.0, 1000.0)
 
 
-def grid(points: int) -> dict[str, str]:
+def grid(points: int, lam_scale: float = 1.0) -> dict[str, str]:
     n_alpha = max(2, round(np.sqrt(points)))
     n_lam = max(2, round(points / n_alpha))
-    return {"arrival_rate": f"{LAM[0]}:{LAM[1]}:{n_lam}", "alpha": f"{ALPHA[0]}:{ALPHA[1]}:{n_alpha}:log"}
+    lo, hi = LAM[0] * lam_scale, LAM[1] * lam_scale
+    return {"arrival_rate": f"{lo}:{hi}:{n_lam}", "alpha": f"{ALPHA[0]}:{ALPHA[1]}:{n_alpha}:log"}
+
+
+SERVERS = {  # name: (kind, parameters), each swept over the N = 6 grid with λ scaled by its capacity
+    "N=6 fifo c=4": ("fifo", {"servers": 4}),
+    "N=6 batching B=64": ("batching", {"max_batch": 64, "batch_slowdown": 0.05}),
+}
 
 
 def make_problem(n: int, seed: int = 0) -> jaxalloc.Problem:
@@ -110,6 +123,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=%d")
 import jax
 jax.config.update("jax_enable_x64", True)
 import jaxalloc
+from jaxalloc.servers import make_server
 from jaxalloc.sweep import sweep
 res = sweep(jaxalloc.paper_profile(), %r, out=sys.argv[1], progress=False)
 print(res.seconds, res.plan.size, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -148,6 +162,14 @@ def main(argv=None):
                for n in paper.names)
     out["runs"]["N=6 float32"]["max_token_diff_vs_float64"] = diff
     print(f"  N=6 float32   {secs:8.3f} s (max |Δℓ| vs float64 {diff:.3g} tokens)", flush=True)
+    for name, (kind, params) in SERVERS.items():
+        server = make_server(kind, paper.names, **params)
+        secs, res, t = timed_sweep(paper.replace(server=server), grid(points, float(server.capacity())), a.repeats)
+        out["runs"][name] = summarise(res, t, secs)
+        out["runs"][name]["ratio_vs_single_fifo"] = out["runs"][name]["points_per_s"] / out["runs"]["N=6 float64"][
+            "points_per_s"]
+        print(f"  {name:<18s} {secs:8.3f} s for {t.num_rows:,} points "
+              f"({out['runs'][name]['ratio_vs_single_fifo']:.2f} × the single-FIFO rate)", flush=True)
     for n in (64, 1024):
         secs, res, t = timed_sweep(make_problem(n), grid(wide), a.repeats)
         out["runs"][f"N={n} float64"] = summarise(res, t, secs)
@@ -189,6 +211,8 @@ def main(argv=None):
         "n6_float64_ge_2000x_scipy": r6["ratio_vs_scipy"] >= 2000,
         "n1024_ge_3e4_points_per_s": rw["points_per_s"] >= 3e4,
         "all_100pct_converged": all(r["converged_share"] == 1.0 for r in out["runs"].values()),
+        **{f"{name.split()[1]}_within_2x_of_single_fifo": out["runs"][name]["ratio_vs_single_fifo"] >= 0.5
+           for name in SERVERS},
     }
     targets = {k: bool(v) for k, v in targets.items()}
     out["targets"] = targets

@@ -8,13 +8,15 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from .servers import Server
+
 
 class Status(enum.IntEnum):
     """Outcome of a solve, stored as an int32 so that vmapped sweeps carry it per point."""
 
     CONVERGED = 0
     MAX_STEPS_REACHED = 1
-    UNSTABLE_QUEUE = 2  # λ Σ π_k t0_k ≥ 1: no budget gives a stable queue (eq. 4)
+    UNSTABLE_QUEUE = 2  # λ Σ π_k t0_k ≥ capacity (1 for one server): no budget gives a stable queue (eq. 4)
     NONFINITE = 3  # a NaN or inf appeared (bad parameters reached jit unchecked)
     KKT_NOT_MET = 4  # the solver stopped, but the result fails the KKT check (see final_status)
 
@@ -30,7 +32,8 @@ class Status(enum.IntEnum):
 _MESSAGES = {
     Status.CONVERGED: "converged",
     Status.MAX_STEPS_REACHED: "the solver reached its maximum number of steps before its tolerance",
-    Status.UNSTABLE_QUEUE: "the queue is unstable even at zero budgets (λ·Σπ_k t0_k ≥ 1)",
+    Status.UNSTABLE_QUEUE: "the queue is unstable even at zero budgets (λ·Σπ_k t0_k ≥ the server's capacity, "
+                           "1 for one server)",
     Status.NONFINITE: "a non-finite value (NaN or inf) appeared",
     Status.KKT_NOT_MET: "the solver met its stopping test, but the result fails the KKT check "
                         "(the KKT residual in tokens exceeds the tolerance; stopped early?)",
@@ -47,6 +50,10 @@ class Solution(eqx.Module):
     - `kkt_residual`: ‖ℓ − P(ℓ + ∇J(ℓ))‖∞ at the result.
     - `iterations`: solver steps taken.
     - `status`: a :class:`Status` value (int32 array).
+    - `server`: the server the budgets are optimal for: the problem's, except
+      that a priority server with `order = "auto"` comes back with the order
+      chosen (its `rank`; `server.describe(problem.names)["order"]` lists the
+      tasks highest first). Under `vmap` its leaves carry the batch axis.
     """
 
     budgets: Float[Array, " N"]
@@ -54,6 +61,7 @@ class Solution(eqx.Module):
     kkt_residual: Float[Array, ""]
     iterations: Int[Array, ""]
     status: Int[Array, ""]
+    server: Server | None = None
 
     @property
     def converged(self):

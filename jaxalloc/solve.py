@@ -4,6 +4,15 @@
 and flags what went wrong in :attr:`Solution.status`. :func:`solve` validates
 a concrete problem, runs the compiled core, and raises :class:`SolveError` on
 any status but converged (unless `throw=False`).
+
+**Servers.** The solver follows the problem's server (`problem.server`):
+without a method, an aggregate server (FIFO, batching) is solved by
+:class:`AggregateNewton` and any other (priority) by :class:`ProjectedNewton`
+with the dense Hessian. A method asked for by name that cannot solve the
+server raises `ValueError` naming both. A server with parts to choose
+(a priority order "auto", :meth:`~jaxalloc.servers.Server.searched`) is
+solved by :func:`jaxalloc.solvers.order.search_order`, and the solution's
+`server` holds the choice.
 """
 
 from __future__ import annotations
@@ -20,16 +29,21 @@ from jax.sharding import PartitionSpec as P
 from jaxtyping import Array
 
 from .model import Problem, validate
-from .objective import gradient, kkt_residual, moments, objective
+from .objective import gradient, is_one_server, kkt_residual, moments, objective
 from .solution import Solution, Status, final_status
-from .solvers import METHODS, AggregateNewton
+from .solvers import METHODS, AggregateNewton, ProjectedNewton
 from .solvers.base import kkt_tolerance, small_enough
 from .solvers.newton_batched import newton_batch
+from .solvers.order import search_order
 from .solvers.projected_newton import hessian_diagonal
 
 DEFAULT_SOLVER = AggregateNewton()
-"""The solver of :func:`solve_point` and :func:`solve_batch` when none is given
-(a module of hyperparameters only, so one instance serves every call)."""
+"""The solver of :func:`solve_point` and :func:`solve_batch` when none is given,
+for an aggregate server (a module of hyperparameters only, so one instance
+serves every call)."""
+
+GENERAL_SOLVER = ProjectedNewton()
+"""The solver when none is given and the server is not aggregate (priority)."""
 
 
 class SolveError(RuntimeError):
@@ -38,7 +52,10 @@ class SolveError(RuntimeError):
 
 def get_solver(method="newton"):
     """A solver instance from a method name (a key of
-    :data:`jaxalloc.solvers.METHODS`) or an instance, returned as is."""
+    :data:`jaxalloc.solvers.METHODS`) or an instance, returned as is;
+    None or "auto": None (the default of :func:`solver_for`)."""
+    if method is None or method == "auto":
+        return None
     if isinstance(method, str):
         try:
             return METHODS[method]()
@@ -49,15 +66,47 @@ def get_solver(method="newton"):
     return method
 
 
+def method_name(solver) -> str:
+    """The name of a solver in :data:`METHODS` (else its class name)."""
+    return next((k for k, v in METHODS.items() if type(solver) is v), type(solver).__name__)
+
+
+def solver_for(problem: Problem, method=None):
+    """The solver for `problem`'s server: `method` (a name or an instance),
+    checked to handle the server (else `ValueError` naming the method and the
+    server kind); None or "auto": :data:`DEFAULT_SOLVER` for an aggregate
+    server, :data:`GENERAL_SOLVER` otherwise."""
+    solver = get_solver(method)
+    server = problem.server
+    if solver is None:
+        return DEFAULT_SOLVER if server.aggregate else GENERAL_SOLVER
+    if getattr(solver, "needs_aggregate", False) and not server.aggregate:
+        raise ValueError(f"method = {method_name(solver)!r} cannot solve a {server.kind!r} server: it needs a delay "
+                         "that depends on the budgets only through E[S] and E[S²] (use 'projected-newton' or the default)")
+    if getattr(solver, "needs_one_server", False) and not is_one_server(problem):
+        raise ValueError(f"method = {method_name(solver)!r} cannot solve a {server.kind!r} server: its step bound "
+                         "(Lemma 3) holds for the paper's one FIFO server only (use 'projected-newton' or the default)")
+    return solver
+
+
 def _stand_in(problem: Problem):
     """(arrival rate to hand the solver, stable at ℓ = 0?). Unstable points are
     solved at a harmless stand-in load so that they stop at once under vmap
     instead of spinning to max_steps; their result is discarded by
     :func:`_summarize`."""
     m1_zero = moments(problem, jnp.zeros_like(problem.A))[0]
-    stable0 = problem.arrival_rate * m1_zero < 1
+    capacity = problem.server.capacity()
+    stable0 = problem.arrival_rate * m1_zero < capacity
     tiny = jnp.finfo(problem.A.dtype).tiny
-    return jnp.where(stable0, problem.arrival_rate, 0.5 / jnp.maximum(m1_zero, tiny)), stable0
+    return jnp.where(stable0, problem.arrival_rate, 0.5 * capacity / jnp.maximum(m1_zero, tiny)), stable0
+
+
+def _run(problem: Problem, solver, start=None):
+    """(ℓ, steps, converged, server) of `solver` on `problem` (the order searched
+    where the server asks for it)."""
+    if problem.server.searched():
+        return search_order(problem, solver, start)
+    return (*solver(problem, start), problem.server)
 
 
 def scaled_kkt_residual(problem: Problem, budgets) -> Array:
@@ -69,7 +118,8 @@ def scaled_kkt_residual(problem: Problem, budgets) -> Array:
     units of every solver's stopping test, whatever the scale of J.
     """
     g = gradient(problem, budgets)
-    h = jnp.maximum(hessian_diagonal(problem, budgets), jnp.finfo(budgets.dtype).tiny)
+    # |h|: where J is not concave (some servers) a diagonal entry can be negative
+    h = jnp.maximum(jnp.abs(hessian_diagonal(problem, budgets)), jnp.finfo(budgets.dtype).tiny)
     return jnp.abs(jnp.clip(g / h, -budgets, problem.max_tokens - budgets))
 
 
@@ -80,7 +130,9 @@ def stationary(problem: Problem, budgets) -> Array:
     return small_enough(scaled_kkt_residual(problem, budgets), budgets, kkt_tolerance(budgets.dtype))
 
 
-def _summarize(problem: Problem, budgets, steps, done, stable0) -> Solution:
+def _summarize(problem: Problem, budgets, steps, done, stable0, server=None) -> Solution:
+    if server is not None:
+        problem = problem.replace(server=server)
     value = objective(problem, budgets)
     residual = kkt_residual(problem, budgets)
     status = final_status(done, budgets, value, stable0, stationary(problem, budgets))
@@ -90,37 +142,41 @@ def _summarize(problem: Problem, budgets, steps, done, stable0) -> Solution:
         kkt_residual=jnp.where(stable0, residual, jnp.inf),
         iterations=jnp.asarray(steps, jnp.int32),
         status=status,
+        server=problem.server,
     )
 
 
-def solve_point(problem: Problem, solver=DEFAULT_SOLVER, start=None) -> Solution:
+def solve_point(problem: Problem, solver=None, start=None) -> Solution:
     """Solve (9) for one problem; pure JAX, safe under `jit` and `vmap`.
 
     **Arguments:**
 
     - `problem`: the problem (may hold tracers).
-    - `solver`: a solver module (see :mod:`jaxalloc.solvers`).
+    - `solver`: a solver module (see :mod:`jaxalloc.solvers`); None: the
+      default for the server (:func:`solver_for`).
     - `start`: optional starting budgets (must be stable); default ℓ = 0.
 
     **Returns:** a :class:`Solution`. A point whose queue is unstable even at
     ℓ = 0 gets status `UNSTABLE_QUEUE`, budgets 0, objective −inf.
     """
+    solver = solver_for(problem, solver)
     rate, stable0 = _stand_in(problem)
-    budgets, steps, done = solver(problem.replace(arrival_rate=rate), start)
-    return _summarize(problem, budgets, steps, done, stable0)
+    budgets, steps, done, server = _run(problem.replace(arrival_rate=rate), solver, start)
+    return _summarize(problem, budgets, steps, done, stable0, server)
 
 
-def solve_batch(problem: Problem, fields: dict, solver=DEFAULT_SOLVER, *, warm_start: int = 16) -> Solution:
+def solve_batch(problem: Problem, fields: dict, solver=None, *, warm_start: int = 16) -> Solution:
     """Solve a batch of points, like `vmap(solve_point)`, but faster.
 
     **Arguments:**
 
     - `problem`: the base problem (unbatched).
     - `fields`: the fields that vary, each with a leading batch axis of equal
-      size, e.g. `{"arrival_rate": lam, "alpha": alpha}`. Fields left out stay
-      unbatched, so what depends only on them (logarithms of A, b, c) is
+      size, e.g. `{"arrival_rate": lam, "alpha": alpha}`; server parameters
+      (`servers`, `max_batch`, `batch_slowdown`) too, put in through
+      :meth:`Problem.replace`. Fields left out stay unbatched, so what depends only on them (logarithms of A, b, c) is
       computed once for the batch rather than per point.
-    - `solver`: a solver module.
+    - `solver`: a solver module; None: the default for the server.
     - `warm_start`: for :class:`AggregateNewton`, solve every `warm_start`-th
       point from ℓ = 0 and start the others between their solutions (1: all
       from ℓ = 0). Pays where neighbouring points are neighbours in parameter
@@ -138,12 +194,13 @@ def solve_batch(problem: Problem, fields: dict, solver=DEFAULT_SOLVER, *, warm_s
 
     **Returns:** a :class:`Solution` with a leading batch axis.
     """
+    solver = solver_for(problem, solver)
     at = problem.replace
     rate, stable0 = jax.vmap(lambda f: _stand_in(at(**f)))(fields)
     solve_fields = {**fields, "arrival_rate": rate}
-    if not isinstance(solver, AggregateNewton):
-        budgets, steps, done = jax.vmap(lambda f: solver(at(**f)))(solve_fields)
-        return jax.vmap(lambda f, *r: _summarize(at(**f), *r))(fields, budgets, steps, done, stable0)
+    if not isinstance(solver, AggregateNewton) or problem.server.searched():
+        budgets, steps, done, server = jax.vmap(lambda f: _run(at(**f), solver))(solve_fields)
+        return jax.vmap(lambda f, *r: _summarize(at(**f), *r))(fields, budgets, steps, done, stable0, server)
 
     budgets, steps, done = newton_batch(problem, solve_fields, solver.tol, solver.max_steps, warm_start)
     # the safeguard (rare), for the whole batch only when a point needs it
@@ -155,16 +212,20 @@ def solve_batch(problem: Problem, fields: dict, solver=DEFAULT_SOLVER, *, warm_s
 _solve_jit = eqx.filter_jit(solve_point)
 
 
-def solve(problem: Problem, method="newton", *, start=None, throw: bool = True, check: bool = True) -> Solution:
+def solve(problem: Problem, method=None, *, start=None, throw: bool = True, check: bool = True) -> Solution:
     """Optimal continuous budgets ℓ* of problem (9).
 
     **Arguments:**
 
     - `problem`: a concrete :class:`Problem`.
-    - `method`: "newton" (default, 2-D Newton on the aggregate moments),
+    - `method`: None or "auto" (default): "newton" for an aggregate server
+      (FIFO, batching), "projected-newton" for another (priority);
+      "newton" (2-D Newton on the aggregate moments),
       "fixed-point" (damped eq. 24), "gradient" (eq. 29 with the Lemma 3 step),
       "scaled-gradient" (Jacobi-scaled eq. 29), "projected-newton" (Newton in
-      budget space, O(N) structured Hessian), or a solver instance.
+      budget space, O(N) structured Hessian, or the dense one for a server
+      that is not aggregate), or a solver instance. A method that cannot
+      solve the problem's server raises `ValueError`.
     - `start`: optional starting budgets.
     - `throw`: raise :class:`SolveError` unless the status is converged.
     - `check`: validate the problem first (raises `ProblemError`).
@@ -173,11 +234,12 @@ def solve(problem: Problem, method="newton", *, start=None, throw: bool = True, 
     """
     if check:
         validate(problem)
-    solution = _solve_jit(problem, get_solver(method), start)
+    solver = solver_for(problem, method)
+    solution = _solve_jit(problem, solver, start)
     if throw:
         status = Status(int(solution.status))
         if status != Status.CONVERGED:
-            raise SolveError(f"solve ({method if isinstance(method, str) else type(method).__name__}): {status.message}")
+            raise SolveError(f"solve ({method_name(solver)}): {status.message}")
     return solution
 
 
@@ -224,7 +286,7 @@ def chunk_layout(size: int, devices: int, chunk: int) -> int:
 _batched_jit = eqx.filter_jit(_batched)
 
 
-def solve_many(problem: Problem, method="newton", *, chunk: int = 16384, warm_start: int = 16, devices: int | None = None,
+def solve_many(problem: Problem, method=None, *, chunk: int = 16384, warm_start: int = 16, devices: int | None = None,
                **fields) -> Solution:
     """Solve many operating points of one problem, each field varied elementwise.
 
@@ -256,4 +318,4 @@ def solve_many(problem: Problem, method="newton", *, chunk: int = 16384, warm_st
     size = int(np.prod(shape)) if shape else 1
     devices = jax.local_device_count() if devices is None else int(devices)
     chunk = chunk_layout(size, devices, chunk)
-    return _batched_jit(problem, get_solver(method), arrays, tuple(shape), chunk, devices, int(warm_start))
+    return _batched_jit(problem, solver_for(problem, method), arrays, tuple(shape), chunk, devices, int(warm_start))

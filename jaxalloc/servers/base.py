@@ -69,6 +69,11 @@ class Server(eqx.Module):
         """λ E[S] below :meth:`capacity` (eq. 4 for one server)."""
         return lam * m1 < self.capacity()
 
+    def searched(self) -> bool:
+        """Whether the solvers are to choose part of this server (static), e.g. a
+        priority order given as "auto" (see :mod:`jaxalloc.solvers.order`)."""
+        return False
+
     def replace(self, **changes: Any) -> Server:
         """A copy with some parameters replaced (converted to arrays of the leaves' dtype)."""
         out = self

@@ -3,11 +3,13 @@
 ℓ^{n+1} = ℓ^n + θ (P(ℓ̂(ℓ^n)) − ℓ^n), with ℓ̂ of eq. 22 through Lambert W.
 θ = 1 is the paper's iteration; it cycles with period 2 at high λ·α, which a
 damping θ of about 0.6–0.8 removes. A step that would push the utilisation
-past (1 + ρ)/2 is shortened (E[S] is affine in ℓ, so this is exact), keeping
+past (capacity + ρ)/2 ((1 + ρ)/2 for one server) is shortened (E[S] is affine in ℓ, so this is exact), keeping
 every iterate inside the stability region.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -39,10 +41,12 @@ class FixedPoint(eqx.Module):
     adaptive: bool = True
     tol: float | None = None
     max_steps: int = 10_000
+    needs_aggregate: ClassVar[bool] = True  # the map of eq. 24 needs the delay of (E[S], E[S²])
 
     def __call__(self, problem: Problem, start=None):
         tol = resolve_tol(self.tol, problem.A.dtype)
         lam = problem.arrival_rate
+        capacity = problem.server.capacity()
         ell0 = jnp.zeros_like(problem.A) if start is None else start
         dtype = ell0.dtype
 
@@ -63,7 +67,7 @@ class FixedPoint(eqx.Module):
                 theta = jnp.where(bad, 0.5 * theta, jnp.minimum(cap_theta, 1.1 * theta))
             rho = lam * moments(problem, ell)[0]
             rise = lam * jnp.sum(problem.prob * problem.c * r)  # ρ(ℓ + r) − ρ(ℓ), exact: E[S] is affine
-            cap = jnp.where(rise > 0, 0.5 * (1.0 - rho) / rise, jnp.inf)
+            cap = jnp.where(rise > 0, 0.5 * (capacity - rho) / rise, jnp.inf)
             # converged: finish with the undamped map, whose value is the accurate best response
             # (within the cap too: a `tol` loose enough to stop far from ℓ* could leave the region)
             ell_new = ell + jnp.minimum(jnp.where(done, 1.0, theta), cap) * r

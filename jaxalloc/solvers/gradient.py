@@ -15,9 +15,15 @@ backtracking makes ascent global. It converges in tens of steps.
 
 Both stop on the fixed-point residual ‖P(ℓ̂(ℓ)) − ℓ‖∞ (tokens), an exact
 optimality measure that does not depend on the step length.
+
+Servers: :class:`ProjectedGradient`'s step comes from Lemma 3, proved for the
+paper's one FIFO server only: it refuses other servers. :class:`ScaledGradient`
+needs an aggregate server (its stopping test is the fixed-point map of eq. 24).
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -50,6 +56,8 @@ class ProjectedGradient(eqx.Module):
     tol: float | None = None
     max_steps: int = 1_000_000
     check_every: int = 20
+    needs_aggregate: ClassVar[bool] = True
+    needs_one_server: ClassVar[bool] = True  # the step of Lemma 3 (eq. 32) holds for one FIFO server
 
     def __call__(self, problem: Problem, start=None):
         tol = resolve_tol(self.tol, problem.A.dtype)
@@ -93,6 +101,7 @@ class ScaledGradient(eqx.Module):
     tol: float | None = None
     max_steps: int = 10_000
     max_searches: int = 30
+    needs_aggregate: ClassVar[bool] = True
 
     def __call__(self, problem: Problem, start=None):
         tol = resolve_tol(self.tol, problem.A.dtype)
@@ -111,7 +120,7 @@ class ScaledGradient(eqx.Module):
 
             def slope(t):  # φ'(t); −inf past the stability boundary, where J = −inf
                 x = ell + t * d
-                stable = problem.arrival_rate * moments(problem, x)[0] < 1
+                stable = problem.server.stable(problem.arrival_rate, moments(problem, x)[0])
                 return jnp.where(stable, jnp.sum(gradient(problem, x) * d), -jnp.inf)
 
             def search_cond(c):

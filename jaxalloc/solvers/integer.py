@@ -6,17 +6,25 @@
 - :func:`coordinate_search`: from the rounded point, flip single coordinates
   between floor and ceil while J improves; O(N) per sweep, any N.
 
-The lower bound J̄ of eq. 41 is :func:`jaxalloc.objective.integer_lower_bound`.
+The lower bound J̄ of eq. 41 is :func:`jaxalloc.objective.integer_lower_bound`
+(for a server other than the paper's one FIFO server, the monotone bound
+:func:`jaxalloc.objective.monotone_lower_bound`).
+
+Every server kind: for an aggregate server (FIFO, batching) the candidates are
+scored from the moments they give, through the server's
+:meth:`~jaxalloc.servers.Server.delay`; for another (priority) by the full
+objective of each candidate (2^N or N evaluations, vectorised).
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
 from ..model import Problem
-from ..objective import mean_system_time, moments, over_tasks, service_times, task_accuracy
+from ..objective import moments, objective, over_tasks, service_times, task_accuracy
 
 MAX_ENUMERATE_TASKS = 16
 """Largest N for the 2^N enumeration of eq. 39 (65,536 candidates)."""
@@ -52,6 +60,14 @@ def enumerate_floor_ceil(problem: Problem, budgets):
             f"enumeration is limited to N <= {MAX_ENUMERATE_TASKS}, use the coordinate search"
         )
     lo, hi = _floor_ceil(problem, budgets)
+    if not problem.server.aggregate:
+        bits = jnp.asarray((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1, budgets.dtype)
+        score = lambda p, a, b: jax.vmap(lambda x: objective(p, jnp.where(x > 0, b, a)))(bits)
+        for _ in range(budgets.ndim - 1):  # a batch: the problem's fields carry the same leading axes
+            score = jax.vmap(score)
+        best = _first_argmax(score(problem, lo, hi))
+        chosen = (best[..., None] >> jnp.arange(n, dtype=best.dtype)) & 1
+        return jnp.where(chosen > 0, hi, lo)
     # J of every candidate from its parts (eq. 7): the moments (eq. 3) and the mean
     # accuracy are linear in the floor/ceil choice, so 2^N candidates cost 2^N × 3
     # dot products of length N, and no exponential beyond the 2N of p(⌊ℓ⌋), p(⌈ℓ⌉).
@@ -61,10 +77,18 @@ def enumerate_floor_ceil(problem: Problem, budgets):
     total = lambda at_lo, at_hi: _candidate_sums(prob * at_lo, prob * (at_hi - at_lo))
     m1, m2 = total(t_lo, t_hi), total(t_lo**2, t_hi**2)
     lam, alpha = (jnp.asarray(x)[..., None] for x in (problem.arrival_rate, problem.alpha))
-    values = alpha * total(p_lo, p_hi) - mean_system_time(lam, m1, m2)
+    values = alpha * total(p_lo, p_hi) - _delay(problem)(lam, m1, m2)
     best = _first_argmax(values)
     chosen = (best[..., None] >> jnp.arange(n, dtype=best.dtype)) & 1
     return jnp.where(chosen > 0, hi, lo)
+
+
+def _delay(problem: Problem):
+    """The delay (λ, m1, m2) ↦ E[T] of the problem's aggregate server, its
+    parameters given a trailing axis so that they broadcast against candidates
+    on the last axis (one FIFO server: eq. 6 exactly, as written)."""
+    server = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[..., None], problem.server)
+    return server.delay
 
 
 def _candidate_sums(base, step):
@@ -104,10 +128,12 @@ def coordinate_search(problem: Problem, budgets, max_flips: int | None = None):
     """
     lo, hi = _floor_ceil(problem, budgets)
     ell = jnp.clip(round_budgets(problem, budgets), lo, hi)
+    if not problem.server.aggregate:
+        return _coordinate_search_generic(problem, ell, lo, hi, budgets.shape[-1] if max_flips is None else max_flips)
     lam, alpha, prob = problem.arrival_rate, problem.alpha, problem.prob
     t_lo, t_hi = service_times(problem, lo), service_times(problem, hi)
     p_lo, p_hi = task_accuracy(problem, lo), task_accuracy(problem, hi)
-    value = lambda m1, m2, acc: alpha * acc - mean_system_time(lam, m1, m2)  # eq. 7 from its parts
+    value = lambda m1, m2, acc: alpha * acc - problem.server.delay(lam, m1, m2)  # eq. 7 from its parts
     cap = budgets.shape[-1] if max_flips is None else int(max_flips)
 
     def body(state):
@@ -130,6 +156,26 @@ def coordinate_search(problem: Problem, budgets, max_flips: int | None = None):
     acc = jnp.sum(prob * task_accuracy(problem, ell))
     state = (ell, m1, m2, acc, 0, jnp.asarray(True))
     ell, *_ = lax.while_loop(lambda s: s[5] & (s[4] < cap), body, state)
+    return ell
+
+
+def _coordinate_search_generic(problem: Problem, ell, lo, hi, cap: int):
+    """:func:`coordinate_search` for a server that is not aggregate: the N flips
+    scored by the full objective."""
+    n = ell.shape[-1]
+    eye = jnp.eye(n, dtype=bool)
+
+    def body(state):
+        ell, value, flips, _ = state
+        up = ell == lo
+        flipped = jnp.where(eye, jnp.where(up, hi, lo)[None, :], ell[None, :])  # row k: flip k
+        gains = jax.vmap(lambda x: objective(problem, x))(flipped)
+        k = jnp.argmax(gains)
+        better = gains[k] > value
+        return jnp.where(better, flipped[k], ell), jnp.where(better, gains[k], value), flips + 1, better
+
+    state = (ell, objective(problem, ell), 0, jnp.asarray(True))
+    ell, *_ = lax.while_loop(lambda s: s[3] & (s[2] < int(cap)), body, state)
     return ell
 
 

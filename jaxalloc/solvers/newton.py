@@ -8,7 +8,7 @@ the optimum, so the optimum solves the 2-D system
 whatever the number of tasks N. Each step costs O(N): one best response and
 its forward-mode Jacobian with respect to the two moments (autodiff, one
 `jacfwd`). A trial point is projected onto moments that stable budgets can
-have (E[S] at most 90% of the way to 1/λ, E[S²] ≥ E[S]²); one whose scaled
+have (E[S] at most 90% of the way to capacity/λ, 1/λ for one server; E[S²] ≥ E[S]²); one whose scaled
 residual does not fall (Armijo) is rejected and the step halved on the next
 iteration, so backtracking costs no extra loop. From m⁰ = moments(0) it
 converges quadratically: 3 steps at the paper's point, 3 (median) to 14 over
@@ -17,7 +17,7 @@ a (λ, α) grid up to α = 1000.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import equinox as eqx
 import jax
@@ -61,7 +61,8 @@ def step_tol(tol: float) -> float:
 
 
 class AggregateNewton(eqx.Module):
-    """Safeguarded 2-D Newton iteration on (E[S], E[S²]).
+    """Safeguarded 2-D Newton iteration on (E[S], E[S²]), for aggregate servers
+    (:attr:`jaxalloc.servers.Server.aggregate`: FIFO, batching).
 
     **Arguments:**
 
@@ -79,6 +80,7 @@ class AggregateNewton(eqx.Module):
 
     tol: float | None = None
     max_steps: int = 40
+    needs_aggregate: ClassVar[bool] = True  # the best response needs the delay of (E[S], E[S²])
 
     def __call__(self, problem: Problem, start=None):
         return self.finish(problem, self.init(problem, start), start)
@@ -130,9 +132,10 @@ class AggregateNewton(eqx.Module):
     @staticmethod
     def _trial(problem: Problem, m, delta, t, floor):
         """m + tδ projected onto moments a stable budget vector can have:
-        E[S] between its value at ℓ = 0 and 90% of the way to 1/λ from m,
+        E[S] between its value at ℓ = 0 and 90% of the way to capacity/λ from m
+        (1/λ for one server),
         E[S²] ≥ max(its value at ℓ = 0, E[S]²) (Jensen)."""
-        m1 = jnp.clip(m[0] + t * delta[0], floor[0], m[0] + 0.9 * (1.0 / problem.arrival_rate - m[0]))
+        m1 = jnp.clip(m[0] + t * delta[0], floor[0], m[0] + 0.9 * (problem.server.capacity() / problem.arrival_rate - m[0]))
         m2 = jnp.maximum(m[1] + t * delta[1], jnp.maximum(floor[1], m1 * m1))
         return jnp.stack([m1, m2])
 

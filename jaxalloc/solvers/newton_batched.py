@@ -20,6 +20,11 @@ so that, inside the clip, ∂ℓ_k/∂u = −1 / (c_k (1 + w_k)) and
 ∂ℓ_k/∂v = −w_k / (b_k (1 + w_k)); the moments (eq. 3) and their derivatives
 follow by sums over tasks, and (u, v) depend on (m1, m2) through the
 second derivatives of E[T] (autodiff again).
+
+E[T] is the delay of the problem's server (an aggregate one), whose
+parameters may vary per point (`fields` such as `servers`, `max_batch`,
+`batch_slowdown`, put in through :meth:`jaxalloc.Problem.replace`); T2 is kept
+at least δ T1 as in :func:`jaxalloc.kkt.price_floor`.
 """
 
 from __future__ import annotations
@@ -31,9 +36,11 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array
 
+from ..kkt import LARGE_S, log_lambertw_large
 from ..lambertw import lambertw_and_log
 from ..model import Problem
 from ..objective import delay_prices, over_tasks
+from ..servers import SWEEPABLE, Server
 from .base import resolve_tol
 from .newton import step_tol
 
@@ -64,6 +71,9 @@ class _Batch(NamedTuple):
     top: Array
     floor: tuple  # (B,) × 2: moments at ℓ = 0
     scale: tuple  # (B,) × 2: residual scale (moments at 0 plus one token of each task)
+    server: Server  # the server, its leaves (B,)
+    cap: Array  # (B,): the server's capacity (1 for one server)
+    delta: Array  # (B,) or (1,): the floor of T2 / T1 (:func:`jaxalloc.kkt.price_floor`)
 
 
 def task_sum(x):
@@ -89,18 +99,33 @@ def prepare(problem: Problem, fields: dict) -> _Batch:
     floor = tuple(jnp.broadcast_to(x, (size,)) for x in (task_sum(pi * t0), task_sum(pi * t0 * t0)))
     unit = jnp.broadcast_to(task_sum(pi * c), (size,))
     scale = (floor[0] + unit, floor[1] + unit * unit)
-    return _Batch(lam, S, S + b * t0 / c, b / c, 1.0 / b, c, t0, pi, top, floor, scale)
+    server = fields.get("server", problem.server)
+    theirs = {f: v for f, v in fields.items() if f in SWEEPABLE}
+    if theirs:
+        server = server.replace(**theirs)
+    server = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (size,)), server)
+    eps = jnp.finfo(S.dtype).eps
+    delta = eps * eps * jnp.min(b / c, axis=0)
+    return _Batch(lam, S, S + b * t0 / c, b / c, 1.0 / b, c, t0, pi, top, floor, scale, server,
+                  server.capacity(), delta)
 
 
 def response(k: _Batch, m):
     """Budgets ℓ(m) (N, B), the moments they give F(m) (a pair of (B,) arrays)
     and ∂F/∂m (pairs of pairs, ∂F_i/∂m_j at [i][j]), for m a pair of (B,) arrays."""
     m1, m2 = m[0], m[1]
-    prices = lambda x, y: delay_prices(k.lam, x, y)
+    prices = lambda x, y: delay_prices(k.lam, x, y, k.server)
     (T1, T2), dT_dm1 = jax.jvp(prices, (m1, m2), (jnp.ones_like(m1), jnp.zeros_like(m2)))
     _, dT_dm2 = jax.jvp(prices, (m1, m2), (jnp.zeros_like(m1), jnp.ones_like(m2)))
+    low = T2 < k.delta * T1  # T2 ≈ 0: floored at δ T1 (jaxalloc.kkt.price_floor)
+    T2 = jnp.where(low, k.delta * T1, T2)
+    dT_dm1, dT_dm2 = ((d[0], jnp.where(low, k.delta * d[0], d[1])) for d in (dT_dm1, dT_dm2))
     u, v = T1 / (2.0 * T2), jnp.log(2.0 * T2)
-    w, log_w = lambertw_and_log(k.a - v + u * k.g)  # eq. 22 in the log domain
+    s = k.a - v + u * k.g
+    big = s > LARGE_S  # T2 ≈ 0 (floored): the asymptotic branch of jaxalloc.kkt.log_lambertw_any
+    w, log_w = lambertw_and_log(jnp.where(big, 0.0, s))  # eq. 22 in the log domain
+    log_w_big = log_lambertw_large(jnp.where(big, s, LARGE_S))
+    w, log_w = jnp.where(big, s - log_w_big, w), jnp.where(big, log_w_big, log_w)
     ell_hat = (k.S - v - log_w) * k.inv_b
     inside = (ell_hat > 0) & (ell_hat < k.top)
     ell = jnp.clip(ell_hat, 0.0, k.top)  # eq. 23
@@ -145,7 +170,7 @@ def _stop(k: _Batch, m, r, d, tol):
 
 def _trial(k: _Batch, m, d, t):
     """m + t d projected as in :meth:`AggregateNewton._trial`."""
-    m1 = jnp.clip(m[0] + t * d[0], k.floor[0], m[0] + 0.9 * (1.0 / k.lam - m[0]))
+    m1 = jnp.clip(m[0] + t * d[0], k.floor[0], m[0] + 0.9 * (k.cap / k.lam - m[0]))
     return m1, jnp.maximum(m[1] + t * d[1], jnp.maximum(k.floor[1], m1 * m1))
 
 
@@ -243,7 +268,7 @@ def warm_start(k: _Batch, coarse, stride: int):
     m = tuple(map(between, coarse))
     ok = jnp.isfinite(m[0]) & jnp.isfinite(m[1])
     m1 = jnp.where(ok, m[0], k.floor[0])
-    m1 = jnp.clip(m1, k.floor[0], k.floor[0] + 0.99 * (1.0 / k.lam - k.floor[0]))  # λ m1 < 1 (eq. 4)
+    m1 = jnp.clip(m1, k.floor[0], k.floor[0] + 0.99 * (k.cap / k.lam - k.floor[0]))  # λ m1 < capacity (eq. 4)
     return m1, jnp.maximum(jnp.where(ok, m[1], k.floor[1]), jnp.maximum(k.floor[1], m1 * m1))  # E[S²] ≥ E[S]²
 
 

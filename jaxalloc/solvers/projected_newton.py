@@ -14,6 +14,18 @@ handled as in Bertsekas' projected Newton method (1982): coordinates in the
 gradient step, the free ones a Newton step on their block, and an Armijo
 search along the projection arc makes every step an ascent step, so the method
 converges from any stable start and quadratically near ℓ*.
+
+**Servers.** For an aggregate server (:attr:`jaxalloc.servers.Server.aggregate`)
+Q is the Hessian of that server's delay (:meth:`~jaxalloc.servers.Server.delay`)
+in (m1, m2). A server that is not aggregate (priority: E[T] depends on every
+t_k) has no such structure: the Newton system of the free block uses the dense
+autodiff Hessian of J (N is small there), O(N³) per step. J need not be concave
+then; the free block's Hessian is made negative definite by taking the
+absolute values of its eigenvalues (floored at 1e-10 of the largest), so every
+direction is an ascent direction, the Armijo search keeps J rising, and the
+method stops at a KKT point (a local maximum in practice). The same safeguard
+covers an aggregate server whose J is not concave: where the Woodbury
+direction is not an ascent direction, the Jacobi-scaled gradient step is taken.
 """
 
 from __future__ import annotations
@@ -24,17 +36,18 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..model import Problem
-from ..objective import delay_prices, gradient, mean_accuracy, mean_system_time, moments, objective
+from ..objective import delay_prices, gradient, hessian, mean_accuracy, moments, objective
 from .base import resolve_tol, small_enough
 
 
 def hessian_structure(problem: Problem, ell):
-    """(U, Q, h) with −∇²J(ℓ) = diag(h) + U Q Uᵀ (see the module docstring)."""
+    """(U, Q, h) with −∇²J(ℓ) = diag(h) + U Q Uᵀ (see the module docstring); an aggregate server only."""
     lam = problem.arrival_rate
     ones = jnp.ones_like(ell)
     m1, m2 = moments(problem, ell)
-    prices = delay_prices(lam, m1, m2)
-    Q = jnp.stack([jnp.stack(row) for row in jax.hessian(mean_system_time, argnums=(1, 2))(lam, m1, m2)])
+    server = problem.server
+    prices = delay_prices(lam, m1, m2, server)
+    Q = jnp.stack([jnp.stack(row) for row in jax.hessian(server.delay, argnums=(1, 2))(lam, m1, m2)])
     # separable curvature: accuracy (times α) and the moments' own second derivatives
     acc_curv = jax.jvp(jax.grad(lambda x: problem.alpha * mean_accuracy(problem, x)), (ell,), (ones,))[1]
     mom_curv = [jax.jvp(jax.grad(lambda x, i=i: moments(problem, x)[i]), (ell,), (ones,))[1] for i in (0, 1)]
@@ -44,7 +57,10 @@ def hessian_structure(problem: Problem, ell):
 
 
 def hessian_diagonal(problem: Problem, ell):
-    """diag(−∇²J(ℓ)) = h + diag(U Q Uᵀ), in O(N), from the same autodiff pieces."""
+    """diag(−∇²J(ℓ)) = h + diag(U Q Uᵀ), in O(N), from the same autodiff pieces
+    (for a server that is not aggregate: the diagonal of the dense Hessian)."""
+    if not problem.server.aggregate:
+        return -jnp.diagonal(hessian(problem, ell), axis1=-2, axis2=-1)
     U, Q, h = hessian_structure(problem, ell)
     u1, u2 = U[..., 0], U[..., 1]
     # diag(U Q Uᵀ) written out: as an einsum, XLA:CPU makes it a batched dot under
@@ -67,8 +83,54 @@ def _woodbury_solve(U, Q, h, free, g):
     return jnp.where(free, d_free, hinv_g)
 
 
+def _dense_solve(H, free, g):
+    """Solve M d = g on the free coordinates, M the free block of −∇²J = `H` with
+    its eigenvalues replaced by their absolute values (floored at 1e-10 of the
+    largest): the Newton step where the block is negative definite, an ascent
+    direction always. Coordinates not free take d = g / |H_kk|."""
+    tiny = jnp.finfo(H.dtype).tiny
+    both = free[:, None] & free[None, :]
+    M = jnp.where(both, H, 0.0) + jnp.diag(jnp.where(free, 0.0, 1.0))
+    w, V = jnp.linalg.eigh(M)
+    w = jnp.maximum(jnp.abs(w), 1e-10 * jnp.max(jnp.abs(w)) + tiny)
+    d_free = V @ ((V.T @ jnp.where(free, g, 0.0)) / w)
+    return jnp.where(free, d_free, g / jnp.maximum(jnp.abs(jnp.diagonal(H)), tiny))
+
+
+def newton_direction(problem: Problem, ell, g, active=None):
+    """(d, diag(−∇²J)) the projected Newton direction at ℓ for the free
+    coordinates (`active` False), Jacobi-scaled gradient for the others;
+    `active` None: the ε-active set of :class:`ProjectedNewton` is computed
+    here and returned as a third element."""
+    top = problem.max_tokens
+    tiny = jnp.finfo(ell.dtype).tiny
+    if problem.server.aggregate:
+        U, Q, h = hessian_structure(problem, ell)
+        diag = h
+    else:
+        H = -hessian(problem, ell)
+        diag = jnp.diagonal(H)
+    scale = jnp.maximum(jnp.abs(diag), tiny)
+    if active is None:
+        # ε-active set: at (or within ε of) a bound with the gradient pushing outward
+        eps = jnp.minimum(1e-3 * (1.0 + jnp.abs(ell)), jnp.max(jnp.abs(jnp.clip(g / diag, -ell, top - ell))))
+        active = ((ell <= eps) & (g < 0)) | ((ell >= top - eps) & (g > 0))
+    if problem.server.aggregate:
+        d = _woodbury_solve(U, Q, h, ~active, g)
+        # J concave (one FIFO server, Lemma 1): d is an ascent direction. Otherwise it may not be:
+        # fall back to the Jacobi-scaled gradient there
+        gd = jnp.where(active, 0.0, g * d)
+        ascent = jnp.sum(gd) >= -16 * jnp.finfo(ell.dtype).eps * jnp.sum(jnp.abs(gd))
+        d = jnp.where(ascent & jnp.all(jnp.isfinite(d)), d, g / scale)
+    else:
+        d = _dense_solve(H, ~active, g)
+    return d, active
+
+
 class ProjectedNewton(eqx.Module):
-    """Bertsekas' projected Newton method on ℓ with an O(N) structured Hessian solve.
+    """Bertsekas' projected Newton method on ℓ with an O(N) structured Hessian
+    solve (aggregate servers) or the dense Hessian of the free block (others):
+    the solver for every server kind.
 
     **Arguments:**
 
@@ -93,11 +155,7 @@ class ProjectedNewton(eqx.Module):
         def body(state):
             ell, value, steps, _ = state
             g = gradient(problem, ell)
-            U, Q, h = hessian_structure(problem, ell)
-            # ε-active set: at (or within ε of) a bound with the gradient pushing outward
-            eps = jnp.minimum(1e-3 * (1.0 + jnp.abs(ell)), jnp.max(jnp.abs(jnp.clip(g / h, -ell, top - ell))))
-            active = ((ell <= eps) & (g < 0)) | ((ell >= top - eps) & (g > 0))
-            d = _woodbury_solve(U, Q, h, ~active, g)
+            d, active = newton_direction(problem, ell, g)
 
             def trial(t):
                 new = jnp.clip(ell + t * d, 0.0, top)
