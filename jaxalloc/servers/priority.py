@@ -9,13 +9,13 @@ W0 = λE[S²]/2 the mean residual work an arrival finds in service,
 exact for Poisson arrivals and any service distributions; E[T_k] = E[W_k] + t_k.
 E[T] depends on every t_k separately, not only on (E[S], E[S²]), so this
 server is not aggregate: it is solved by projected Newton on the budgets.
-**Concavity.** J is not concave in general under priority: the autodiff
-Hessian of J has positive eigenvalues at some stable budgets of random
-problems (tests/test_servers_solve.py::test_concavity_by_kind finds one among
-a few random N = 4 problems at 80% load). The default solver (projected
-Newton with the dense Hessian of the free block, its eigenvalues taken in
-absolute value, and an Armijo search) returns a KKT point, a local maximum
-in practice; for a fixed order it matched the best of several scipy
+**Concavity.** Not proven under priority (Lemma 1 is for one FIFO server).
+Measured: over 240 random stable budget vectors of random N = 4 problems the
+largest Hessian eigenvalue of J was negative (relative −1.3e-9;
+tests/test_servers_solve.py::test_concavity_by_kind). The default solver
+(projected Newton with the dense Hessian of the free block, its eigenvalues
+taken in absolute value, and an Armijo search) does not rely on concavity: it
+returns a KKT point, and for a fixed order it matched the best of several scipy
 L-BFGS-B starts within 0.05 tokens on the test problems.
 
 **Order "auto".** :mod:`jaxalloc.solvers.order`: every order is solved for
