@@ -50,7 +50,12 @@ def erlang_c(servers, load, size: int) -> Array:
         nxt = load * b / (k + load * b)
         return jnp.where(k <= servers, nxt, b)
 
-    b = lax.fori_loop(1, size + 1, body, jnp.ones_like(load * servers))
+    b = jnp.ones_like(load * servers)
+    if size <= 32:  # written out: XLA fuses it, and its derivatives stay loop-free (sweeps of c = 4: see docs)
+        for k in range(1, size + 1):
+            b = body(k, b)
+    else:
+        b = lax.fori_loop(1, size + 1, body, b)
     return servers * b / (servers - load * (1.0 - b))
 
 

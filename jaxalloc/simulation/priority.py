@@ -4,7 +4,7 @@ The whole stream of a replication is drawn first (the same chunks as every
 other core), with absolute arrival times a_n. Within a class queries are
 served first come first served, so the waiting queries of class k are always
 a run of consecutive class-k arrivals: a pointer p_k into the class-k
-arrivals (queries grouped by class, highest priority first, a stable sort)
+arrivals (queries grouped by class, highest priority first, a stable counting sort)
 is the whole queue state. With D the time the server next frees, one step
 
 - looks at each class's head h_k (arrival time of its p_k-th query, +inf
@@ -34,9 +34,13 @@ def priority_core(server, streams, *, nchunks, store):
     M, K, dtype = ch.kind.shape[0], streams.K, streams.dtype
     arrival = jnp.concatenate([jnp.zeros(1, dtype), jnp.cumsum(ch.inter[:-1])])  # a_0 = 0
     rank = server.rank.astype(jnp.int32)[ch.kind]
-    order = jnp.argsort(rank, stable=True)  # grouped by class, highest first, FIFO within
-    n_r = jnp.sum(rank[:, None] == jnp.arange(K), 0)  # queries of the class ranked r
+    # grouped by class, highest first, FIFO within: a counting sort (a stable argsort of M keys is slow on CPU)
+    onehot = rank[:, None] == jnp.arange(K)
+    n_r = jnp.sum(onehot, 0)  # queries of the class ranked r
     off = jnp.concatenate([jnp.zeros(1, n_r.dtype), jnp.cumsum(n_r)[:-1]])
+    before = jnp.cumsum(onehot, 0, dtype=n_r.dtype) - 1  # earlier queries of the same class, [i, r]
+    dest = off[rank] + jnp.take_along_axis(before, rank[:, None], 1)[:, 0]  # each query's place in the grouped order
+    order = jnp.zeros(M, dest.dtype).at[dest].set(jnp.arange(M, dtype=dest.dtype), unique_indices=True)
     a_sorted = jnp.concatenate([arrival[order], jnp.full((1,), jnp.inf, dtype)])  # sentinel at M
     s_sorted = jnp.concatenate([ch.s[order], jnp.zeros(1, dtype)])
 
