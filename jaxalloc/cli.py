@@ -287,6 +287,7 @@ def _cmd_simulate(args) -> int:
         solution = solve(problem, throw=False, check=False)
         if Status(int(solution.status)) != Status.CONVERGED:
             raise SimulationError(f"default budgets: solve: {Status(int(solution.status)).label}")
+        problem = problem.replace(server=solution.server)  # for order = "auto": simulate the order chosen
         budgets = np.asarray(integer_budgets(problem, solution.budgets))
     result = simulate(
         problem, budgets, queries=args.queries, replications=args.replications, seed=args.seed,

@@ -180,8 +180,9 @@ def validate(problem: Problem, *, stability: bool = True) -> Problem:
 
     Checks: λ, α, ℓ_max finite and > 0; at least one task; π_k > 0 summing to 1
     (within 1e-6); 0 < A_k ≤ 1; 0 ≤ D_k ≤ 1; A_k + D_k ≤ 1; b_k > 0; t0_k ≥ 0;
-    c_k > 0; every value finite; and, with `stability`, the queue stable at
-    ℓ = 0 (λ Σ π_k t0_k < 1, eq. 4), without which no budget is feasible
+    c_k > 0; every value finite; the server's parameters; and, with
+    `stability`, the queue stable at ℓ = 0 (λ Σ π_k t0_k below the server's
+    capacity: 1 for one server, eq. 4), without which no budget is feasible
     (sweeps turn that check off: their unstable points are flagged rows).
 
     **Returns:** the problem, unchanged.

@@ -41,7 +41,9 @@ def budget_curve(problem: Problem, task: str, budgets) -> dict[str, np.ndarray]:
     `optimum` (ℓ*) and `optimal_objective` (J(ℓ*)).
     """
     k = task_index(problem, task)
-    star = solve(problem).budgets
+    solution = solve(problem)
+    problem = problem.replace(server=solution.server)  # for order = "auto": the order chosen
+    star = solution.budgets
     grid = jnp.asarray(budgets, star.dtype)
     points = jnp.broadcast_to(star, (grid.size, star.size)).at[:, k].set(grid)
     values = jax.vmap(objective, in_axes=(None, 0))(problem, points)
@@ -94,7 +96,9 @@ def simulated_budget_points(problem: Problem, task: str, budgets, *, queries: in
     """
     k = task_index(problem, task)
     values = np.asarray(budgets, dtype=float)
-    points = np.tile(np.asarray(solve(problem).budgets), (values.size, 1))
+    solution = solve(problem)
+    problem = problem.replace(server=solution.server)  # for order = "auto": the order chosen
+    points = np.tile(np.asarray(solution.budgets), (values.size, 1))
     points[:, k] = values
     sim = simulated_objectives(problem, points, queries=queries, replications=replications, seed=seed)
     return {"budget": values, "objective": sim["objective"], "halfwidth": sim["halfwidth"]}

@@ -401,7 +401,10 @@ def _compute_block(problem: Problem, values: tuple, start, targets: tuple, shape
         lanes = _with_values(problem, targets, vals)
         fields = {f: getattr(lanes.server if f in SERVER_FIELDS else lanes, f) for f in {fld for fld, _ in targets}}
         sol = solve_batch(problem, fields, solver)
-        extra = jax.vmap(lambda f, s: _point_columns(problem.replace(**f), s, integer))(fields, sol)
+        # each point's columns on the server its budgets were solved for (a priority "auto"
+        # server: the order chosen at that point)
+        extra = jax.vmap(lambda f, s: _point_columns(problem.replace(**f).replace(server=s.server), s, integer))(
+            fields, sol)
         return dict(budgets=sol.budgets, objective=sol.objective, kkt_residual=sol.kkt_residual,
                     iterations=sol.iterations, status=sol.status, **extra)
 

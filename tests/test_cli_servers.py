@@ -229,6 +229,19 @@ def test_solve_priority_auto_reports_an_order(tmp_path, capsys):
     assert data["server"]["kind"] == "priority" and sorted(data["server"]["order"]) == ["chat", "math"]
 
 
+@pytest.mark.slow
+def test_simulate_priority_auto_simulates_the_order_chosen(capsys):
+    """simulate solves as solve does and simulates, and reports, the order chosen, not the
+    profile's (on the paper's profile "auto" puts CRUXEval first; the profile lists AIME first)."""
+    main(["solve", "--json", "--server", "priority", "--priority-order", "auto"])
+    order = json.loads(capsys.readouterr().out)["server"]["order"]
+    assert order[0] == "CRUXEval"
+    main(["simulate", "--json", "--server", "priority", "--priority-order", "auto",
+          "--queries", "2048", "--replications", "2"])
+    sim = json.loads(capsys.readouterr().out)
+    assert sim["server"]["order"] == order
+
+
 # ---------------------------------------------------------------- sweep
 
 

@@ -272,3 +272,29 @@ def test_replace_routes_server_parameters():
         problem.replace(servers=2)
     with pytest.raises(ServerError, match="server.kind = 'x'"):
         make_server("x", problem.names)
+
+
+@pytest.mark.parametrize("kind,params", SERVERS + [("fifo", {"servers": 1, "size": 4}), ("batching", {"max_batch": 1})])
+def test_zero_service_time_has_finite_derivatives(kind, params):
+    """ℓ = 0 with every t0 = 0 (E[S] = E[S²] = 0), where solvers start: J and its gradient are
+    finite (formulas with E[S] in a denominator used to give 0/0 in the gradient: no solve converged)."""
+    problem = ja.make_problem(arrival_rate=1.0, alpha=30.0, max_tokens=1000.0, A=[0.5, 0.6], b=[0.01, 0.02],
+                              D=[0.1, 0.1], t0=[0.0, 0.0], c=[0.01, 0.02], names=["a", "b"])
+    problem = problem.replace(server=make_server(kind, problem.names, **params))
+    zero = jnp.zeros(2)
+    assert np.isfinite(float(ja.objective(problem, zero)))
+    g = np.asarray(ja.gradient(problem, zero))
+    assert np.all(np.isfinite(g)) and np.all(g > 0)  # the first tokens are worth more than their delay here
+    assert np.all(np.isfinite(np.asarray(ja.hessian(problem, zero))))
+
+
+def test_replace_grows_the_static_size_and_rejects_strings(paper):
+    four = paper.replace(servers=4)
+    assert four.server.size == 4
+    built = paper.replace(server=make_server("fifo", paper.names, servers=4))
+    assert float(ja.system_time(four, jnp.zeros(6))) == float(ja.system_time(built, jnp.zeros(6)))
+    assert float(ja.system_time(four, jnp.zeros(6))) < float(ja.system_time(paper, jnp.zeros(6)))
+    with pytest.raises(ServerError, match=r"server.servers = 2.5: must be an integer >= 1"):
+        ja.validate(paper.replace(servers=2.5))
+    with pytest.raises(ServerError, match=r"server.servers = '2': must be an integer"):
+        make_server("fifo", paper.names, servers="2")

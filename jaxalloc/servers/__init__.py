@@ -61,7 +61,7 @@ def make_server(kind: str, names: tuple[str, ...], *, dtype=None, size: int | No
         order = params.get("order")
         return priority_from_order(list(names) if order is None else order, tuple(names), dtype)
     if params.get("max_batch") is None:
-        raise ServerError("server.max_batch: missing (kind \"batching\" needs max_batch and batch_slowdown)")
+        raise ServerError("server.max_batch: missing (kind \"batching\" needs max_batch; batch_slowdown defaults to 0)")
     b = whole_number("max_batch", params["max_batch"])
     beta = params.get("batch_slowdown", 0.0)
     beta = 0.0 if beta is None else beta

@@ -31,6 +31,11 @@ from jaxtyping import Array
 from ..errors import ProblemError
 from ..reduce import over_tasks
 
+SHORTEST_SERVICE = 1e-12
+"""Seconds: formulas with E[S] in a denominator (Lee–Longton, the batching chain) take
+E[S] at least this, so that ℓ = 0 with every t0 = 0 (E[S] = E[S²] = 0) gives finite
+values and derivatives, not 0/0; far below any real service time, it changes nothing else."""
+
 
 class ServerError(ProblemError):
     """An invalid server description; the message names the field and value."""
@@ -80,6 +85,8 @@ class Server(eqx.Module):
         for name, value in changes.items():
             old = getattr(self, name)
             out = eqx.tree_at(lambda s, n=name: getattr(s, n), out, jnp.asarray(value, dtype=jnp.result_type(old)))
+        if hasattr(out, "size"):  # a concrete integer parameter beyond the static size grows it
+            out = out.resized(_concrete_max([v for k, v in changes.items() if k in ("servers", "max_batch")]))
         return out
 
     def resized(self, size: int) -> Server:
@@ -107,12 +114,29 @@ def _plain(x):
     return int(v) if v.is_integer() else v
 
 
+def _concrete_max(values) -> int:
+    """The largest of concrete values (0 if none, or if any is traced)."""
+    import numpy as np
+
+    top = 0
+    for v in values:
+        try:
+            top = max(top, int(np.ceil(np.max(np.asarray(v, dtype=np.float64)))))
+        except (TypeError, ValueError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+            return 0
+    return top
+
+
 def whole_number(field: str, value, lo: int = 1) -> int:
     """A concrete integer ≥ `lo` (floats with an integer value accepted), else :class:`ServerError`."""
+    shown = value
     try:
+        if isinstance(value, str):
+            raise TypeError
         v = float(value)
+        shown = f"{v:g}" if not isinstance(value, (bool, int, float)) else repr(value)  # arrays shown as numbers
     except (TypeError, ValueError):
         raise ServerError(f"server.{field} = {value!r}: must be an integer >= {lo}") from None
     if isinstance(value, bool) or not v.is_integer() or v < lo:
-        raise ServerError(f"server.{field} = {value!r}: must be an integer >= {lo}")
+        raise ServerError(f"server.{field} = {shown}: must be an integer >= {lo}")
     return int(v)

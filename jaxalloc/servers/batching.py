@@ -43,7 +43,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array
 
-from .base import Server, ServerError, whole_number
+from .base import SHORTEST_SERVICE, Server, ServerError, whole_number
 
 
 def batch_rate(m, slowdown) -> Array:
@@ -99,13 +99,13 @@ class Batching(Server):
         """(stable, wait E[W_q], stretch E[min(N,B)]/a): the FIFO wait before a
         request joins the batch and the factor by which its time in the batch
         exceeds its batch-1 service time."""
+        m1 = jnp.maximum(m1, SHORTEST_SERVICE)  # t0 = 0 at ℓ = 0: E[S] = E[S²] = 0, no 0/0
         load = lam * m1
         stable = load < self.capacity()
-        tiny = jnp.finfo(jnp.result_type(load)).tiny
-        safe = jnp.where(stable, jnp.maximum(load, tiny), 0.5 * self.capacity())
+        safe = jnp.where(stable, load, 0.5 * self.capacity())
         B = lax.stop_gradient(self.max_batch)
         in_service, waiting = chain_moments(safe, B, jnp.broadcast_to(self.batch_slowdown, B.shape), self.size)
-        factor = m2 / (2.0 * jnp.maximum(m1 * m1, tiny))  # (1 + c_s²)/2, Allen–Cunneen
+        factor = m2 / (2.0 * m1 * m1)  # (1 + c_s²)/2, Allen–Cunneen
         wait = factor * waiting / lam
         return stable, jnp.where(stable, wait, jnp.inf), jnp.where(stable, in_service / safe, jnp.inf)
 
@@ -121,7 +121,8 @@ class Batching(Server):
     def check(self, names) -> None:
         b = whole_number("max_batch", self.max_batch)
         if b > self.size:
-            raise ValueError(f"Batching: max_batch = {b} exceeds the static size {self.size}")
+            raise ServerError(f"server.max_batch = {b}: exceeds this instance's static size {self.size} "
+                              "(build it with make_server or Server.resized)")
         beta = float(self.batch_slowdown)
         if not (beta >= 0 and beta < float("inf")):
             raise ServerError(f"server.batch_slowdown = {beta:g}: must be a finite number >= 0")

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array
 
-from .base import Server, whole_number
+from .base import SHORTEST_SERVICE, Server, ServerError, whole_number
 
 
 def pollaczek_khinchine_wait(lam, m1, m2) -> Array:
@@ -61,13 +61,13 @@ def erlang_c(servers, load, size: int) -> Array:
 
 def lee_longton_wait(servers, lam, m1, m2, size: int) -> Array:
     """E[W] ≈ E[S²]/(2E[S]²) · C(c, a) E[S]/(c − a) (see the module docstring); +inf when a ≥ c."""
+    m1 = jnp.maximum(m1, SHORTEST_SERVICE)  # t0 = 0 at ℓ = 0: E[S] = E[S²] = 0, no 0/0
     load = lam * m1
     slack = servers - load
     stable = slack > 0
     safe_slack = jnp.where(stable, slack, 1.0)
     safe_load = jnp.where(stable, load, 0.5 * servers)
-    m1_safe = jnp.maximum(m1, jnp.finfo(jnp.result_type(m1)).tiny)  # t0 = 0 at ℓ = 0: E[S] = E[S²] = 0
-    wait = m2 * erlang_c(servers, safe_load, size) / (2.0 * m1_safe * safe_slack)
+    wait = m2 * erlang_c(servers, safe_load, size) / (2.0 * m1 * safe_slack)
     return jnp.where(stable, wait, jnp.inf)
 
 
@@ -107,4 +107,5 @@ class FIFO(Server):
     def check(self, names) -> None:
         c = whole_number("servers", self.servers)
         if c > self.size:
-            raise ValueError(f"FIFO: servers = {c} exceeds the static size {self.size}")
+            raise ServerError(f"server.servers = {c}: exceeds this instance's static size {self.size} "
+                              "(build it with make_server or Server.resized)")

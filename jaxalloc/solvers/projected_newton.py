@@ -98,7 +98,7 @@ def _dense_solve(H, free, g):
 
 
 def newton_direction(problem: Problem, ell, g, active=None):
-    """(d, diag(−∇²J)) the projected Newton direction at ℓ for the free
+    """(d, active): the projected Newton direction at ℓ for the free
     coordinates (`active` False), Jacobi-scaled gradient for the others;
     `active` None: the ε-active set of :class:`ProjectedNewton` is computed
     here and returned as a third element."""
