@@ -84,6 +84,11 @@ def run_ciw(lam, t, prob, queries, seed):
         service_distributions=[ciw.dists.Pmf(values=t.tolist(), probs=prob.tolist())],
         number_of_servers=[1],
     )
+    return _time_ciw(ciw, network, queries)
+
+
+def _time_ciw(ciw, network, queries):
+    """(seconds, records, mean system time) of one ciw run of `network` to `queries` arrivals."""
     sim = ciw.Simulation(network)
     start = time.perf_counter()
     sim.simulate_until_max_customers(queries, method="Arrive")
@@ -103,12 +108,7 @@ def run_ciw_priority(lam, t, prob, queries, seed):
         number_of_servers=[1],
         priority_classes={c: k for k, c in enumerate(classes)},
     )
-    sim = ciw.Simulation(network)
-    start = time.perf_counter()
-    sim.simulate_until_max_customers(queries, method="Arrive")
-    sec = time.perf_counter() - start
-    recs = sim.get_all_records()
-    return sec, len(recs), float(np.mean([r.exit_date - r.arrival_date for r in recs]))
+    return _time_ciw(ciw, network, queries)
 
 
 def run_simpy(lam, t, prob, queries, seed):
