@@ -41,6 +41,10 @@ CONFIG = {
     "tie_word_embeddings": False, "attention_bias": False,
 }
 
+# what a real vLLM serves: its CPU attention kernels reject head_dim 16 (../shared/notes/vllm-on-cpu.md)
+VLLM_CONFIG = {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 4,
+               "num_key_value_heads": 2, "head_dim": 64}
+
 
 def make_tokenizer(folder: str):
     """Train a byte-level BPE with Qwen3's special tokens and save it as a transformers tokenizer."""
