@@ -1,7 +1,10 @@
 """`jaxalloc calibrate ...`: the calibration subcommands, registered on the main parser.
 
 `jaxalloc calibrate fit MEASUREMENTS [--out PROFILE.toml] [--prob SPEC] [--arrival-rate X]
-[--alpha Y] [--max-tokens L] [--name NAME] [--level P] [--plot FIG.png] [--json]`
+[--alpha Y] [--max-tokens L] [--name NAME] [--level P] [--server FILE.toml] [--plot FIG.png] [--json]`
+
+`jaxalloc calibrate measure ...` (:mod:`.measure_cli`) and `jaxalloc calibrate batching ...`
+(:mod:`.batching_cli`) are registered here too.
 
 :func:`add_calibrate_parser` adds the `calibrate` group to the main subparsers;
 :func:`run_calibrate` runs the chosen subcommand. Errors are :class:`CalibrationError`
@@ -22,7 +25,7 @@ from .data import CalibrationError
 
 
 def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
-    """Register `calibrate` (with its subcommand `fit`) on the main parser's subparsers.
+    """Register `calibrate` (subcommands `fit`, `measure`, `batching`) on the main parser's subparsers.
 
     **Arguments:**
 
@@ -51,6 +54,9 @@ def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
     fit.add_argument("--max-tokens", type=float, metavar="L", help="ℓ_max for the profile (default 32768, the paper's)")
     fit.add_argument("--name", help="profile name (default: the measurement file's name)")
     fit.add_argument("--level", type=float, default=0.95, metavar="P", help="confidence level of the intervals")
+    fit.add_argument("--server", metavar="FILE.toml",
+                     help="put this file's [server] table (e.g. from 'jaxalloc calibrate batching --out') into the "
+                          "profile: the server model it is solved with (default: one FIFO server, the paper's)")
     fit.add_argument("--plot", metavar="FIG.png",
                      help="also draw measured and fitted accuracy (the paper's Fig. 2) and service time "
                           "(PNG)")
@@ -60,6 +66,9 @@ def add_calibrate_parser(subparsers) -> argparse.ArgumentParser:
     from .measure_cli import add_measure_parser
 
     add_measure_parser(group)
+    from .batching_cli import add_batching_parser
+
+    add_batching_parser(group)
     return cal
 
 
@@ -91,11 +100,31 @@ def parse_prob(text: str | None):
         raise CalibrationError(f"--prob = {text!r}: expected 'uniform', NAME=SHARE,... or SHARE,...") from None
 
 
+def read_server_table(path: str) -> dict:
+    """`--server FILE.toml`: the file's ``[server]`` table (a file from `calibrate batching --out`,
+    or any profile). Raises :class:`CalibrationError` naming the file."""
+    from ..model import tomllib
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise CalibrationError(f"--server: cannot read {path}: {err.strerror or err}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise CalibrationError(f"--server: malformed TOML in {path}: {err}") from None
+    table = data.get("server")
+    if not isinstance(table, dict):
+        raise CalibrationError(f"--server: {path} has no [server] table")
+    return table
+
+
 def _cmd_fit(args) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", True)
     from ..model import ProblemError
+    from ..servers import ServerError, server_from_dict
     from .data import read_measurements
     from .fit import calibrated_problem, fit_measurements
     from .report import calibration_report, format_calibration, profile_text
@@ -110,17 +139,25 @@ def _cmd_fit(args) -> int:
         check_writable("--plot", args.plot)
     if args.out is not None:
         check_writable("--out", args.out)
+    server = None if args.server is None else read_server_table(args.server)
     measurements = read_measurements(args.measurements)
+    if server is not None:  # a bad table fails before the fit
+        try:
+            server_from_dict(server, measurements.tasks)
+        except ServerError as err:
+            raise CalibrationError(f"--server {args.server}: {err}") from None
     cal = fit_measurements(measurements, level=args.level)
     point = {"arrival_rate": args.arrival_rate, "alpha": args.alpha, "max_tokens": args.max_tokens, "prob": prob}
     problem = None
     try:
-        problem = calibrated_problem(cal, **point)
+        problem = calibrated_problem(cal, **point, server=server)
     except (CalibrationError, ProblemError):
         if args.out is not None:
             raise
     prob_source = "counts" if prob is None else "uniform" if prob == "uniform" else "given"
     report = calibration_report(cal, problem, args.out, prob_source)
+    if problem is not None and server is not None:
+        report["server"] = problem.server.describe(problem.names)
     figure = None
     if args.plot is not None:
         from ..plots import plot_calibration
@@ -143,4 +180,7 @@ def _cmd_fit(args) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(format_calibration(report, title=f"jaxalloc calibrate fit: {args.measurements}"))
+        if "server" in report:
+            params = ", ".join(f"{k} = {v}" for k, v in report["server"].items() if k != "kind")
+            print(f"server: {report['server']['kind']}, {params} (from {args.server})")
     return 0

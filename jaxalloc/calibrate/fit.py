@@ -631,6 +631,7 @@ def calibrated_problem(
     alpha: float | None = None,
     max_tokens: float | None = None,
     prob: str | Mapping[str, float] | Sequence[float] | None = None,
+    server: Mapping | None = None,
 ) -> Problem:
     """The :class:`~jaxalloc.model.Problem` of the fitted parameters.
 
@@ -640,10 +641,12 @@ def calibrated_problem(
     - `arrival_rate`, `alpha`, `max_tokens`: λ, α, ℓ_max; None takes the paper's
       (0.1, 30, 32768, from the bundled profile).
     - `prob`: the task mix, see :func:`task_shares`.
+    - `server`: a profile's ``[server]`` table (:func:`jaxalloc.servers.server_from_dict`,
+      e.g. from `jaxalloc calibrate batching`); None: one FIFO server, the paper's.
 
     **Returns:** a validated :class:`Problem` (raises :class:`CalibrationError` without
-    service times or with c ≤ 0, :class:`~jaxalloc.model.ProblemError` for bad λ, α, ℓ_max
-    or an unstable queue). A fitted A = 0 is written as 1e-9 (with D lowered if needed).
+    service times or with c ≤ 0, :class:`~jaxalloc.model.ProblemError` for bad λ, α, ℓ_max,
+    a bad server table or an unstable queue). A fitted A = 0 is written as 1e-9 (with D lowered if needed).
     """
     from ..model import paper_profile
 
@@ -666,5 +669,10 @@ def calibrated_problem(
         cols["b"].append(float(t.accuracy.b))
         cols["t0"].append(t.latency.t0)
         cols["c"].append(t.latency.c)
-    return make_problem(**point, prob=task_shares(cal, prob), names=cal.names, **cols)
+    built = None
+    if server is not None:
+        from ..servers import server_from_dict
+
+        built = server_from_dict(server, tuple(cal.names))
+    return make_problem(**point, prob=task_shares(cal, prob), names=cal.names, server=built, **cols)
 

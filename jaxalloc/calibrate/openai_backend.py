@@ -26,10 +26,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .chat import ThinkingFormat
-from .generate import Generation
+if TYPE_CHECKING:  # the Flax extra is needed only by generate(); complete() runs on the standard library
+    from .chat import ThinkingFormat
+    from .generate import Generation
 
 
 class ServerError(RuntimeError):
@@ -37,7 +38,13 @@ class ServerError(RuntimeError):
 
 
 class Stream:
-    """One streamed completion: `token_ids`, `finish_reason`, `ttft_s`, `itl_s`, `e2e_s`."""
+    """One streamed completion: `token_ids`, `finish_reason`, `ttft_s`, `itl_s`, `e2e_s`.
+
+    Also, on the :func:`time.perf_counter` clock (comparable across threads):
+    `started`, when the request was sent, and `arrivals`, one ``(time, tokens)``
+    pair per chunk that carried token ids: its arrival time and the cumulative
+    number of tokens received with it (a chunk may carry several).
+    """
 
     def __init__(self):
         self.token_ids: list[int] = []
@@ -45,6 +52,8 @@ class Stream:
         self.ttft_s: float | None = None
         self.itl_s: list[float] = []
         self.e2e_s: float = 0.0
+        self.started: float = 0.0
+        self.arrivals: list[tuple[float, int]] = []
 
     def timing(self) -> dict:
         return {"ttft_s": self.ttft_s, "e2e_s": self.e2e_s, "itl_s": self.itl_s}
@@ -74,7 +83,7 @@ class OpenAIBackend:
 
     name = "openai"
 
-    def __init__(self, base_url: str, fmt: ThinkingFormat, model: str | None = None, *,
+    def __init__(self, base_url: str, fmt: ThinkingFormat | None, model: str | None = None, *,
                  api_key: str | None = None, timeout: float = 600.0):
         url = base_url.rstrip("/")
         if not url.startswith(("http://", "https://")):
@@ -126,7 +135,7 @@ class OpenAIBackend:
             "skip_special_tokens": False,
         }
         out = Stream()
-        start = time.perf_counter()
+        start = out.started = time.perf_counter()
         last = None
         with self._request("/completions", body) as response:
             for raw in response:
@@ -155,6 +164,7 @@ class OpenAIBackend:
                             out.itl_s.append(now - last)
                         last = now
                         out.token_ids.extend(ids)
+                        out.arrivals.append((now, len(out.token_ids)))
                     if choice.get("finish_reason"):
                         out.finish_reason = choice["finish_reason"]
         out.e2e_s = time.perf_counter() - start
@@ -172,6 +182,8 @@ class OpenAIBackend:
         per-request timings in `requests`. Raises :class:`ServerError` when the
         server returns another number of thinking tokens than `budget`.
         """
+        from .generate import Generation
+
         fmt, streams, thinking = self.fmt, [], []
         if budget > 0:
             think = self.complete(prompt, max_tokens=budget, min_tokens=budget, stop_token_ids=[fmt.think_end_id],

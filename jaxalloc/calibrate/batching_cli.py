@@ -1,0 +1,153 @@
+"""`jaxalloc calibrate batching`: measure decode step time against concurrency, fit β and B.
+
+`jaxalloc calibrate batching --base-url URL [--served-model NAME] [--concurrency 1,2,4,8,16,32]
+[--tokens 256] [--prompt-tokens 100] [--skip 20] [--repeats 1] [--max-batch B] [--level 0.95]
+[--out server.toml] [--plot FILE.png] [--json]`
+
+Everything is checked before the first request; an unreachable server, one that
+returns no token ids or streams of another length, and a fit with fewer than three
+levels m ≤ B are one `error:` line and exit status 2, with nothing written (the
+measuring and fitting are :mod:`jaxalloc.calibrate.batching`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+from ..files import check_writable
+from .data import CalibrationError
+
+
+def add_batching_parser(group) -> None:
+    """Add `batching` to the `calibrate` subparsers `group`."""
+    p = group.add_parser(
+        "batching", help="measure decode step time against concurrency on a vLLM/SGLang server; fit the "
+                         "batching server's batch_slowdown and max_batch",
+        description="Run m concurrent streamed requests of a fixed length for each concurrency m, take the "
+                    "decode step time from the steady-state inter-token times, fit tau(m) = tau1 (1 + beta(m - 1)) "
+                    "and find max_batch where the server stops running more at once; write the profile's "
+                    "[server] table (kind = \"batching\").",
+    )
+    p.add_argument("--base-url", required=True, metavar="URL", help="the server, e.g. http://127.0.0.1:8000")
+    p.add_argument("--served-model", metavar="NAME", help="model name (default: the first the server lists)")
+    p.add_argument("--concurrency", default="1,2,4,8,16,32", metavar="M,M,...",
+                   help="concurrent requests per level (default 1,2,4,8,16,32)")
+    p.add_argument("--tokens", type=int, default=256, metavar="N",
+                   help="tokens generated per request, exactly (max_tokens = min_tokens; default 256)")
+    p.add_argument("--prompt-tokens", type=int, default=100, metavar="N",
+                   help="length of the fixed token-id prompt (default 100)")
+    p.add_argument("--skip", type=int, default=20, metavar="K",
+                   help="tokens left out at each end of a stream: the steady state is tokens K..N-K (default 20)")
+    p.add_argument("--repeats", type=int, default=1, metavar="R", help="rounds per level (default 1)")
+    p.add_argument("--max-batch", type=int, metavar="B",
+                   help="max_batch to use (default: where the server is seen to stop running more at once)")
+    p.add_argument("--level", type=float, default=0.95, metavar="P", help="confidence level of the interval")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed of the requests")
+    p.add_argument("--out", metavar="server.toml", help="write the [server] table here")
+    p.add_argument("--plot", metavar="FILE.png", help="draw step time against concurrency with the fitted line")
+    p.add_argument("--json", action="store_true", help="print JSON for programs")
+    p.set_defaults(calibrate_run=cmd_batching)
+
+
+def parse_concurrency(text: str) -> tuple[int, ...]:
+    """`--concurrency`: distinct whole numbers ≥ 1, returned in increasing order."""
+    try:
+        levels = [int(p) for p in text.split(",")]
+    except ValueError:
+        raise CalibrationError(f"--concurrency = {text!r}: expected whole numbers >= 1, e.g. 1,2,4,8") from None
+    bad = next((m for m in levels if m < 1), None)
+    if bad is not None:
+        raise CalibrationError(f"--concurrency = {text!r}: {bad} is not >= 1")
+    if len(set(levels)) != len(levels):
+        raise CalibrationError(f"--concurrency = {text!r}: a level is given twice")
+    return tuple(sorted(levels))
+
+
+def _check(args) -> tuple[int, ...]:
+    from .batching import MIN_LEVELS
+
+    levels = parse_concurrency(args.concurrency)
+    for flag, value, least in (("--tokens", args.tokens, 2), ("--prompt-tokens", args.prompt_tokens, 1),
+                               ("--skip", args.skip, 0), ("--repeats", args.repeats, 1)):
+        if value < least:
+            raise CalibrationError(f"{flag} = {value}: must be >= {least}")
+    if args.tokens - 2 * args.skip < 2:
+        raise CalibrationError(f"--tokens = {args.tokens}: must exceed 2 × --skip ({2 * args.skip}) by at least 2 "
+                               "(the steady state is tokens skip..tokens-skip)")
+    if not (0 < args.level < 1) or math.isnan(args.level):
+        raise CalibrationError(f"--level = {args.level:g}: must be in (0, 1)")
+    if args.max_batch is not None and args.max_batch < 1:
+        raise CalibrationError(f"--max-batch = {args.max_batch}: must be >= 1")
+    usable = [m for m in levels if args.max_batch is None or m <= args.max_batch]
+    if len(usable) < MIN_LEVELS:
+        cap = "" if args.max_batch is None else f" <= --max-batch {args.max_batch}"
+        raise CalibrationError(f"--concurrency = {args.concurrency!r}: {len(usable)} levels{cap}: need at least "
+                               f"{MIN_LEVELS} to fit batch_slowdown with an interval")
+    if args.plot is not None:
+        from ..plots import _pyplot
+
+        _pyplot()  # matplotlib missing: fail before measuring
+        check_writable("--plot", args.plot)
+    if args.out is not None:
+        check_writable("--out", args.out)
+    return levels
+
+
+def cmd_batching(args) -> int:
+    """Run `jaxalloc calibrate batching` (see the module docstring)."""
+    from .batching import fit_batching, format_batching, measure_batching, plot_batching, server_text
+    from .openai_backend import OpenAIBackend, ServerError
+
+    levels = _check(args)
+    try:
+        backend = OpenAIBackend(args.base_url, None, args.served_model, timeout=300.0)
+    except ServerError as err:
+        raise CalibrationError(str(err)) from None
+    rounds = measure_batching(backend, levels, tokens=args.tokens, prompt_tokens=args.prompt_tokens, skip=args.skip,
+                              repeats=args.repeats, seed=args.seed)
+    fit = fit_batching(rounds, max_batch=args.max_batch, level=args.level)
+    source = f"{backend.url} (model {backend.model})"
+    title = f"jaxalloc calibrate batching: {source}"
+    figure = None
+    if args.plot is not None:
+        figure = io.BytesIO()
+        plot_batching(fit, figure, title=title)
+    if args.out is not None:
+        _write(args.out, server_text(fit, source))
+    if figure is not None:
+        try:
+            Path(args.plot).write_bytes(figure.getvalue())
+        except OSError as err:
+            raise CalibrationError(f"--plot: cannot write {args.plot}: {err.strerror or err}") from None
+    if args.json:
+        report = fit.report()
+        report.update(base_url=backend.url, model=backend.model, tokens=args.tokens, prompt_tokens=args.prompt_tokens,
+                      skip=args.skip, repeats=args.repeats, out=args.out)
+        print(json.dumps(report, indent=2))
+    else:
+        print(title)
+        print(f"{args.tokens} tokens per request (steady state: tokens {args.skip}–{args.tokens - args.skip}), "
+              f"{args.prompt_tokens}-token prompt, {args.repeats} round{'s' * (args.repeats > 1)} per level\n")
+        print(format_batching(fit))
+        if args.out is not None:
+            print(f"\n[server] table written to {args.out}; use it with: jaxalloc calibrate fit MEASUREMENTS "
+                  f"--server {args.out}")
+    return 0
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        import tomli as tomllib
+
+    from ..servers import server_from_dict
+
+    server_from_dict(tomllib.loads(text)["server"], ())  # what a profile will read back
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise CalibrationError(f"--out: cannot write {path}: {err.strerror or err}") from None
