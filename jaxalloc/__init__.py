@@ -6,6 +6,7 @@ for Accuracy-Latency Trade-offs in LLM Servers", and goes beyond it.
 
 from .implicit import optimal_budgets
 from .lambertw import lambertw, lambertw_log, log_lambertw_log
+from .loadtest import LoadtestError, LoadtestResult, loadtest
 from .model import (
     Problem,
     ProblemError,
@@ -67,6 +68,8 @@ __all__ = [
     "AggregateNewton",
     "Batching",
     "FixedPoint",
+    "LoadtestError",
+    "LoadtestResult",
     "Priority",
     "Problem",
     "ProblemError",
@@ -98,6 +101,7 @@ __all__ = [
     "lambertw_log",
     "load",
     "load_profile",
+    "loadtest",
     "log_lambertw_log",
     "make_problem",
     "make_server",

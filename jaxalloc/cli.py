@@ -169,6 +169,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from .calibrate.cli import add_calibrate_parser
 
     add_calibrate_parser(sub)
+    from .loadtest.cli import add_loadtest_parser
+
+    add_loadtest_parser(sub)
     return parser
 
 
@@ -500,10 +503,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 0
         from .calibrate.cli import run_calibrate
+        from .loadtest.cli import cmd_loadtest
 
         commands = {"solve": _cmd_solve, "simulate": _cmd_simulate, "verify": _cmd_verify,
                     "sensitivity": _cmd_sensitivity, "sweep": _cmd_sweep, "calibrate": run_calibrate,
-                    "reproduce": _cmd_reproduce}
+                    "reproduce": _cmd_reproduce, "loadtest": cmd_loadtest}
         return commands[args.command](args)
     except (_UsageError, ValueError) as err:  # ValueError: ProblemError, eq. 39 beyond its N, ...
         message = str(err)
