@@ -69,7 +69,8 @@ MIN_LEVELS = 3  # distinct m ≤ B for a finite interval (a line has 2 parameter
 class Round(NamedTuple):
     """One round at one concurrency: `concurrency` m, `repeat`, the steady-state step time of
     each stream (`step_s`, seconds per token), the most streams seen running at once
-    (`running`), tokens per stream and the round's wall time."""
+    (`running`), tokens per stream, the round's wall time and each stream's time to its
+    first token (`first_token_s`: the prefills of requests that arrive together queue)."""
 
     concurrency: int
     repeat: int
@@ -77,6 +78,7 @@ class Round(NamedTuple):
     running: int
     tokens: int
     wall_s: float
+    first_token_s: tuple[float, ...] = ()
 
     @property
     def median_s(self) -> float:
@@ -85,8 +87,9 @@ class Round(NamedTuple):
 
 
 def prompt_ids(n: int) -> list[int]:
-    """The fixed prompt of `n` token ids (ordinary ids of any vocabulary of 1000 or more)."""
-    return [100 + (37 * i) % 800 for i in range(n)]
+    """The fixed prompt of `n` token ids, all below 240: ordinary ids of any vocabulary with the
+    256 byte tokens of a byte-level BPE (a small test model's included)."""
+    return [33 + (37 * i) % 200 for i in range(n)]
 
 
 def step_time(arrivals: Sequence[tuple[float, int]], tokens: int, skip: int) -> float:
@@ -177,7 +180,7 @@ def measure_round(backend, m: int, *, tokens: int, prompt: Sequence[int], skip: 
                                    f"max_tokens = min_tokens = {tokens}: does it support min_tokens (as vLLM)?")
     steps = tuple(step_time(s.arrivals, tokens, skip) for s in streams)
     running = running_at_once([(s.arrivals[0][0], s.arrivals[-1][0]) for s in streams])
-    return Round(m, repeat, steps, running, tokens, wall)
+    return Round(m, repeat, steps, running, tokens, wall, tuple(float(s.ttft_s) for s in streams))
 
 
 def measure_batching(backend, concurrency: Sequence[int] = DEFAULT_CONCURRENCY, *, tokens: int = 256,
@@ -280,7 +283,8 @@ class BatchingFit:
             "max_batch": self.max_batch, "max_batch_source": self.max_batch_source,
             "observed_batch": self.observed_batch, "server": self.server_table(),
             "rounds": [{"concurrency": r.concurrency, "repeat": r.repeat, "step_ms": [1e3 * s for s in r.step_s],
-                        "running": r.running, "tokens": r.tokens, "wall_s": r.wall_s} for r in self.rounds],
+                        "running": r.running, "tokens": r.tokens, "wall_s": r.wall_s,
+                        "first_token_ms": [1e3 * s for s in r.first_token_s]} for r in self.rounds],
         }
 
 

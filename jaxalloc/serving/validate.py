@@ -1,0 +1,108 @@
+"""The operator's recipe, run end to end against a real server, and its validation table.
+
+:func:`validate` does what docs/guide.md tells an operator to do, on a running
+OpenAI-compatible server:
+
+1. ``calibrate measure --backend openai``: service times at a few exact budgets;
+2. ``calibrate batching``: the decode step time against concurrency (β, B);
+3. ``calibrate fit --server``: a profile with that ``[server]`` table;
+4. ``loadtest`` at given loads, each named by the ρ that the paper's single FIFO
+   server would have there (ρ = λ E[S] at the chosen budgets, so ρ > 1 is a
+   load that model calls unstable),
+
+and returns, per load, the measured mean system time beside the calibrated
+batching model's and the single FIFO server's predictions, overall and per task.
+Used by tests/test_vllm.py (the bounds the issue sets) and bench/bench_vllm.py
+(the table quoted in the README).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+
+def _cli(argv: list[str]) -> None:
+    from ..cli import main
+
+    code = main(argv)
+    if code != 0:
+        raise RuntimeError(f"jaxalloc {' '.join(argv[:2])} exited with status {code}")
+
+
+def validate(base_url: str, model_dir: str, data: Mapping[str, str], workdir, *, served_model: str = "tiny-qwen3",
+             budgets: Sequence[int] = (32, 160), loads: Sequence[float] = (0.3, 2.0, 5.0),
+             requests: Sequence[int] = (60, 200, 250), answer_tokens: int = 16, samples: int = 4,
+             concurrency: str = "1,2,4,8,16,32,48", seed: int = 0,
+             progress: Callable[[str], None] | None = None) -> dict:
+    """Run the recipe against the server at `base_url` and load it at `loads`.
+
+    **Arguments:** `base_url`, `served_model`; `model_dir`: the served checkpoint's
+    folder (its tokenizer); `data`: task name → local data file, as ``calibrate measure
+    --task``; `workdir`: where the measurements, server table and profile are written;
+    `budgets`: thinking tokens per task (in `data`'s order), measured and then loaded;
+    `loads`: ρ of the single FIFO server at which to load; `requests`: queries per load;
+    `answer_tokens`: the answer cap; `samples`: questions per task measured.
+
+    **Returns:** ``{"profile", "server" (the [server] table), "budgets", "mean_service_s",
+    "rows": [{"rho_fifo", "rate", "summary"}]}``, each summary as
+    :func:`jaxalloc.loadtest` gives it.
+    """
+    import jaxalloc as ja
+
+    say = progress or (lambda line: None)
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    measured, table, profile = work / "measured.csv", work / "server.toml", work / "profile.toml"
+    common = ["--base-url", base_url, "--served-model", served_model]
+    tasks = [a for name, path in data.items() for a in ("--task", f"{name}={path}")]
+    levels = sorted({0, *map(int, budgets)})
+    say("calibrate measure")
+    _cli(["calibrate", "measure", "--backend", "openai", *common, "--model", str(model_dir), *tasks,
+          "--samples", str(samples), "--repeats", "1", "--answer-tokens", str(answer_tokens),
+          "--budgets", ",".join(map(str, levels)), "--out", str(measured), "--no-progress"])
+    say("calibrate batching")
+    _cli(["calibrate", "batching", *common, "--concurrency", concurrency, "--tokens", "128", "--out", str(table)])
+    say("calibrate fit")
+    _cli(["calibrate", "fit", str(measured), "--server", str(table), "--arrival-rate", "1",
+          "--max-tokens", str(max(levels) + 1), "--out", str(profile)])
+    problem = ja.load_profile(str(profile))
+    import numpy as np
+
+    t = np.asarray(problem.t0) + np.asarray(problem.c) * np.asarray(budgets, float)
+    mean_service = float(np.sum(np.asarray(problem.prob) * t))
+    rows = []
+    for i, (rho, n) in enumerate(zip(loads, requests)):
+        rate = rho / mean_service
+        say(f"loadtest at rho_fifo = {rho:g} ({rate:.3g} queries/s, {n} queries)")
+        result = ja.loadtest(problem, base_url=base_url, served_model=served_model, tokenizer_dir=str(model_dir),
+                             rates=[rate], requests=int(n), budgets=list(budgets), answer_tokens=answer_tokens,
+                             seed=seed + i)
+        rows.append({"rho_fifo": float(rho), "rate": rate, "summary": result.summary[0]})
+    out = {"profile": str(profile), "server": table.read_text(), "budgets": list(map(int, budgets)),
+           "mean_service_s": mean_service, "rows": rows}
+    (work / "validation.json").write_text(json.dumps(out, indent=1, default=str))
+    return out
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{100 * x:+.0f}%"
+
+
+def _s(x) -> str:
+    return "unstable" if x is None or not math.isfinite(x) else f"{x:.3f}"
+
+
+def validation_table(result: dict) -> str:
+    """The Markdown table of :func:`validate`'s result: per load, measured and predicted means."""
+    head = ("| ρ (one FIFO server) | λ (1/s) | measured mean (s) | batching model (s) | error | one FIFO server (s) "
+            "| error | per-task errors, batching model |")
+    lines = [head, "|" + "---|" * 8]
+    for row in result["rows"]:
+        s, o = row["summary"], row["summary"]["overall"]
+        per_task = ", ".join(f"{name} {_pct(e['error'])}" for name, e in s["tasks"].items())
+        lines.append(f"| {row['rho_fifo']:g} | {row['rate']:.3g} | {_s(o['mean_s'])} | {_s(o['predicted_s'])} | "
+                     f"{_pct(o['error'])} | {_s(o['predicted_fifo_s'])} | {_pct(o['error_fifo'])} | {per_task} |")
+    return "\n".join(lines)
