@@ -94,6 +94,30 @@ def test_batching_chain_matches_a_truncated_brute_force_chain(B, beta):
         np.testing.assert_allclose([float(g) for g in got], want, rtol=1e-9, atol=1e-13)
 
 
+
+@pytest.mark.parametrize("B,beta", [(1, 0.3), (4, 0.0), (8, 0.3), (64, 0.05), (64, 1.0), (16, 2.0)])
+def test_batching_chain_derivatives_match_finite_differences(B, beta):
+    """chain_moments' custom JVP (forward through the recurrence): first and second
+    derivatives in a and the derivative in β, against central differences, up to
+    0.999 of capacity."""
+    from jaxalloc.servers.batching import batch_rate, chain_moments
+
+    cap = float(batch_rate(B, beta))
+    f = jax.jit(lambda a, b: jnp.stack(chain_moments(a, jnp.asarray(float(B)), b, B)))
+    total = lambda a, b: chain_moments(a, jnp.asarray(float(B)), b, B)[0] + 2.0 * chain_moments(a, jnp.asarray(float(B)), b, B)[1]
+    d_a, d_b = jax.jit(jax.jacfwd(f, argnums=0)), jax.jit(jax.jacrev(f, argnums=1))
+    g = jax.jit(jax.grad(total))  # reverse mode, as the delay prices
+    d_aa = jax.jit(jax.jacfwd(jax.grad(total)))  # forward over reverse, as their Jacobian in the Newton step
+    for frac in (0.05, 0.5, 0.9, 0.999):
+        a, b = jnp.asarray(frac * cap), jnp.asarray(beta)
+        h = 1e-6 * float(a) * (1 - frac)
+        fd = (f(a + h, b) - f(a - h, b)) / (2 * h)
+        np.testing.assert_allclose(d_a(a, b), fd, rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose(float(d_aa(a, b)), float((g(a + h, b) - g(a - h, b)) / (2 * h)), rtol=1e-6)
+        hb = 1e-6 * max(beta, 1.0) * (1 - frac)
+        fd_b = (f(a, b + hb) - f(a, b - hb)) / (2 * hb)
+        np.testing.assert_allclose(d_b(a, b), fd_b, rtol=1e-5, atol=1e-10)
+
 def cobham_by_hand(lam, prob, t, order):
     """Cobham's per-class waits in plain Python, classes served in `order` (highest first)."""
     w0 = lam * sum(p * x * x for p, x in zip(prob, t)) / 2

@@ -36,11 +36,14 @@ aggregate, and differentiable in ℓ, λ and β (B is an integer: no derivative)
 
 from __future__ import annotations
 
+from functools import partial
 from typing import ClassVar
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array
 
 from .base import SHORTEST_SERVICE, Server, ServerError, whole_number
@@ -51,29 +54,68 @@ def batch_rate(m, slowdown) -> Array:
     return m / (1.0 + slowdown * (m - 1.0))
 
 
+def _chain(load, max_batch, slowdown, size: int) -> tuple[Array, Array]:
+    """(E[min(N, B)], E[(N − B)⁺]) by a backward recurrence over the states, no log or exp.
+
+    With t_n = P(N = n | N ≥ n) and ρ_n = a / r(min(n, B)), the chain gives
+    t_{n−1} = t_n / (t_n + ρ_n), and E[g(N) | N ≥ n − 1] = E_{n−1} = E_n + t_{n−1} (g(n − 1) − E_n).
+    Above B the chain is geometric: t_n = 1 − q for n ≥ B, E[min(N, B) | N ≥ n] = B and
+    E[(N − B)⁺ | N ≥ n] = n − B + q / (1 − q); the recurrence starts there at n = `size` ≥ B
+    and runs down to n = 0. Every t_n lies in (0, 1] and every E_n is a convex combination
+    of values of g: nothing overflows or cancels, at any B and in float32."""
+    dtype = jnp.result_type(load)
+    t = 1.0 - load / batch_rate(max_batch, slowdown)  # 1 − q
+    inv_b = 1.0 / max_batch
+    a_beta, a_rest = load * slowdown, load * (1.0 - slowdown)  # ρ_n = aβ + a(1 − β) / min(n, B)
+    busy = jnp.broadcast_to(max_batch, t.shape).astype(dtype)
+    queued = (size - max_batch) + (1.0 - t) / t
+
+    def step(i, carry):
+        t, busy, queued = carry
+        n = jnp.asarray(size - i, dtype)  # the state whose ρ_n enters: t_{n−1} from t_n
+        rho = a_beta + a_rest * jnp.maximum(1.0 / n, inv_b)
+        t = t / (t + rho)
+        below = n - 1.0  # g at state n − 1
+        over = jnp.maximum(below - max_batch, 0.0)
+        busy = busy + t * ((below - over) - busy)
+        queued = queued + t * (over - queued)
+        return t, busy, queued
+
+    _, busy, queued = lax.fori_loop(0, size, step, (t, busy, queued), unroll=_UNROLL)
+    return busy, queued
+
+
+_UNROLL = 8
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(3,))
 def chain_moments(load, max_batch, slowdown, size: int) -> tuple[Array, Array]:
     """(E[min(N, B)], E[(N − B)⁺]) of the birth–death chain in the module docstring.
 
-    `load` = a = λE[S] < r(B); `size` (static) ≥ B is how many states are
-    summed term by term; the geometric tail beyond is summed exactly."""
-    dtype = jnp.result_type(load)
-    n = jnp.arange(1, size + 1, dtype=dtype)
-    cap = max_batch[..., None]
-    running = jnp.minimum(n, cap)
-    log_a = jnp.log(load)[..., None]
-    log_p = jnp.cumsum(log_a - jnp.log(batch_rate(running, slowdown[..., None])), -1)  # log π(n)/π(0), n ≥ 1
-    q = load / batch_rate(max_batch, slowdown)  # tail ratio
-    log_p = jnp.concatenate([jnp.zeros_like(log_p[..., :1]), log_p], -1)  # n = 0..size
-    top = jnp.max(log_p, -1, keepdims=True)
-    w = jnp.exp(log_p - top)
-    w_last = w[..., -1]
-    geo = q / (1.0 - q)  # Σ_{j≥1} q^j
-    geo1 = q / (1.0 - q) ** 2  # Σ_{j≥1} j q^j
-    states = jnp.arange(0, size + 1, dtype=dtype)
-    z = jnp.sum(w, -1) + w_last * geo
-    in_service = jnp.sum(jnp.minimum(states, cap) * w, -1) + max_batch * w_last * geo
-    waiting = jnp.sum(jnp.maximum(states - cap, 0.0) * w, -1) + w_last * ((size - max_batch) * geo + geo1)
-    return in_service / z, waiting / z
+    `load` = a = λE[S] < r(B); `size` (static) ≥ B is the number of states the
+    recurrence of :func:`_chain` runs over; the geometric tail beyond is exact.
+    Differentiable in `load` and `slowdown` (not in `max_batch`): the derivative
+    in a is taken forward through the recurrence and returned as a value, so
+    reverse mode (the delay prices) never runs backward through it."""
+    return _chain(load, max_batch, slowdown, size)
+
+
+def _chain_moments_jvp(size, primals, tangents):
+    load, max_batch, slowdown = primals
+    d_load, _, d_slowdown = tangents  # B has no derivative (an integer)
+    if isinstance(d_load, SymbolicZero):
+        out = _chain(load, max_batch, slowdown, size)
+        tangent = tuple(jnp.zeros_like(x) for x in out)
+    else:
+        out, d_out = jax.jvp(lambda x: _chain(x, max_batch, slowdown, size), (load,), (jnp.ones_like(load),))
+        tangent = tuple(d * d_load for d in d_out)
+    if not isinstance(d_slowdown, SymbolicZero):
+        _, by_slowdown = jax.jvp(lambda b: _chain(load, max_batch, b, size), (slowdown,), (d_slowdown,))
+        tangent = tuple(x + y for x, y in zip(tangent, by_slowdown))
+    return out, tangent
+
+
+chain_moments.defjvp(_chain_moments_jvp, symbolic_zeros=True)
 
 
 class Batching(Server):
