@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer queries per load (smoke run)")
     ap.add_argument("--loads", default="0.3,2,5", help="rho of the single FIFO server at each load")
-    ap.add_argument("--requests", help="queries per load (default 60,200,250; 30,80,100 with --quick)")
+    ap.add_argument("--requests", help="queries per load (default 40,200,250; 30,80,100 with --quick)")
     ap.add_argument("--workdir", help="keep the measurements, server table and profile here")
     ap.add_argument("--json", help="write the result as JSON here")
     a = ap.parse_args(argv)
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     from jaxalloc.serving.validate import validate, validation_table
 
     loads = [float(x) for x in a.loads.split(",")]
-    requests = [int(x) for x in (a.requests or ("30,80,100" if a.quick else "60,200,250")).split(",")]
+    requests = [int(x) for x in (a.requests or ("30,80,100" if a.quick else "40,200,250")).split(",")]
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench-vllm-"))
     folder, data = make_inputs(work)
     t = time.perf_counter()

@@ -9,6 +9,7 @@ it): then they fail.
 
 import csv
 import json
+import math
 import os
 
 import pytest
@@ -39,7 +40,7 @@ def served(tmp_path_factory):
     make_checkpoint(str(folder), **VLLM_CONFIG)
     data = root / "gsm8k.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in GSM8K))
-    server = VLLMServer(folder, "tiny-qwen3")
+    server = VLLMServer(folder, "tiny-qwen3", max_num_seqs=32)  # calibrate batching should find this knee
     try:
         server.start()
         yield server, str(folder), str(data)
@@ -78,3 +79,55 @@ def test_measure_against_real_vllm_is_exact_and_resumes(served, tmp_path, capsys
     assert len(rows) == 4 * 4
     assert [(r["task"], r["budget"], r["item"], r["service_s"]) for r in rows[:12]] == first
     assert all(int(r["thinking_tokens"]) == 200 for r in rows[12:])
+
+
+def test_calibrate_batching_against_real_vllm_gives_a_profile_that_loads(served, tmp_path, capsys):
+    import jaxalloc as ja
+
+    server, folder, data = served
+    table = tmp_path / "server.toml"
+    argv = ["calibrate", "batching", "--base-url", server.base_url, "--served-model", "tiny-qwen3",
+            "--concurrency", "1,2,4,8", "--tokens", "96", "--skip", "16", "--out", str(table), "--json"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    fit = json.loads(capsys.readouterr().out)
+    lo, hi = fit["ci_batch_slowdown"]
+    assert math.isfinite(lo) and math.isfinite(hi) and lo <= fit["batch_slowdown"] <= hi
+    assert 0 < fit["step1_ms"] < 1000 and fit["max_batch"] >= 8  # vLLM runs all 8 at once
+    assert [lv["concurrency"] for lv in fit["levels"]] == [1, 2, 4, 8]
+    # the table goes into a fitted profile, which loads with that server
+    measured = tmp_path / "m.csv"
+    assert main(["calibrate", "measure", "--backend", "openai", "--base-url", server.base_url, "--served-model",
+                 "tiny-qwen3", "--model", folder, "--task", f"gsm8k={data}", "--samples", "2", "--repeats", "1",
+                 "--answer-tokens", "4", "--budgets", "0,16,48", "--out", str(measured), "--no-progress"]) == 0
+    profile = tmp_path / "p.toml"
+    assert main(["calibrate", "fit", str(measured), "--server", str(table), "--arrival-rate", "1",
+                 "--out", str(profile)]) == 0
+    problem = ja.load_profile(str(profile))
+    assert problem.server.kind == "batching"
+    assert int(problem.server.max_batch) == fit["max_batch"]
+    assert float(problem.server.batch_slowdown) == pytest.approx(max(fit["batch_slowdown"], 0.0))
+
+
+@pytest.mark.slow
+def test_the_recipe_predicts_the_real_server(served, tmp_path):
+    """The whole recipe on the real server, then load at three loads named by the single FIFO
+    server's ρ (light, 2 and 5: that model calls the last two unstable). The calibrated batching
+    model must predict the measured mean system time within 25% overall and 35% per task."""
+    from jaxalloc.serving.validate import validate, validation_table
+
+    server, folder, data = served
+    arc = tmp_path / "arc.jsonl"
+    arc.write_text("".join(json.dumps({"id": f"q{n}", "question": {"stem": f"Which is larger than {n}?", "choices": [
+        {"text": str(n - 1), "label": "A"}, {"text": str(n + 1), "label": "B"}]}, "answerKey": "B"}) + "\n"
+        for n in range(1, 9)))
+    result = validate(server.base_url, folder, {"gsm8k": data, "arc": str(arc)}, tmp_path / "run")
+    table = validation_table(result)
+    print(table)
+    for row in result["rows"]:
+        s = row["summary"]
+        assert s["failed"] == 0 and s["not_sent"] == 0, (s["failures"], table)
+        assert abs(s["overall"]["error"]) <= 0.25, table
+        for name, entry in s["tasks"].items():
+            assert abs(entry["error"]) <= 0.35, (name, table)
+    assert result["rows"][0]["summary"]["stable"]["fifo"] and not result["rows"][2]["summary"]["stable"]["fifo"]

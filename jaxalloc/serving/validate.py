@@ -34,7 +34,7 @@ def _cli(argv: list[str]) -> None:
 
 def validate(base_url: str, model_dir: str, data: Mapping[str, str], workdir, *, served_model: str = "tiny-qwen3",
              budgets: Sequence[int] = (32, 160), loads: Sequence[float] = (0.3, 2.0, 5.0),
-             requests: Sequence[int] = (60, 200, 250), answer_tokens: int = 16, samples: int = 4,
+             requests: Sequence[int] = (40, 200, 250), answer_tokens: int = 16, samples: int = 4,
              concurrency: str = "1,2,4,8,16,32,48", seed: int = 0,
              progress: Callable[[str], None] | None = None) -> dict:
     """Run the recipe against the server at `base_url` and load it at `loads`.

