@@ -292,3 +292,32 @@ def test_integer_budgets_every_kind(kind):
         for bits in itertools.product([0, 1], repeat=N)
     )
     assert float(ja.objective(problem, ja.integer_budgets(problem, ell, "enumerate"))) == pytest.approx(best, rel=1e-14)
+
+
+def test_safeguard_compacted_equals_whole_batch():
+    """The safeguard run on the failing points gathered alone (few) or on the whole
+    batch (many) gives every point the same budgets, steps and status."""
+    from jaxalloc.solve import safeguard
+    from jaxalloc.solvers.newton_batched import newton_batch
+
+    problem = problem_of("fifo4", 5, 0.6)
+    lam = problem.arrival_rate * jnp.linspace(0.2, 1.0, 64)
+    fields = {"arrival_rate": lam, "alpha": jnp.geomspace(1.0, 1000.0, 64)}
+    solver = ja.AggregateNewton(max_steps=1)  # Newton fails at most points
+    ell, steps, done = newton_batch(problem, fields, solver.tol, solver.max_steps)
+    assert 8 <= int(jnp.sum(~done)) < 64
+    rescue = jax.vmap(lambda f, *o: solver.rescue(problem.replace(**f), *o))
+    run = jax.jit(lambda d, size: safeguard(rescue, fields, ell, steps, d, size), static_argnums=1)
+    failed = ~done & (jnp.cumsum(~done) <= 7)  # 7 failures (the others marked done)
+    few = ~failed
+    whole = jax.jit(rescue)(fields, ell, steps, few)
+    compacted = run(few, 16)  # 7 ≤ 16: gathered, with padding
+    for a, b in zip(compacted, whole):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert bool(jnp.all(compacted[2]))  # the 7 rescued
+    np.testing.assert_array_equal(np.asarray(compacted[0][~failed]), np.asarray(ell[~failed]))
+    many = run(done, 4)  # more than 4 failures: the whole batch
+    for a, b in zip(many, jax.jit(rescue)(fields, ell, steps, done)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(run(jnp.ones_like(done), 4), (ell, steps, jnp.ones_like(done))):  # none failed: nothing
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
