@@ -59,7 +59,9 @@ class Stream:
         return {"ttft_s": self.ttft_s, "e2e_s": self.e2e_s, "itl_s": self.itl_s}
 
 
-def _chunk_ids(choice: dict) -> list[int] | None:
+def chunk_token_ids(choice: dict) -> list[int] | None:
+    """Token ids of one streamed choice (``token_ids``, or ``logprobs`` tokens written
+    ``"token_id:N"``), or None when it carries none."""
     if choice.get("token_ids") is not None:
         return [int(t) for t in choice["token_ids"]]
     tokens = (choice.get("logprobs") or {}).get("tokens")
@@ -152,7 +154,7 @@ class OpenAIBackend:
                 if "error" in chunk:
                     raise ServerError(f"{self.url}/completions: {chunk['error']}")
                 for choice in chunk.get("choices") or []:
-                    ids = _chunk_ids(choice)
+                    ids = chunk_token_ids(choice)
                     if ids is None and choice.get("text"):
                         raise ServerError(f"{self.url}/completions: the stream has no token ids "
                                           "(needs return_token_ids or return_tokens_as_token_ids, as in vLLM)")

@@ -20,6 +20,8 @@ import json
 import urllib.parse
 from dataclasses import dataclass, field
 
+from ..calibrate.openai_backend import chunk_token_ids
+
 
 class RequestFailed(Exception):
     """A request that failed; `status` says how (``http_error``, ``connect_error``,
@@ -59,19 +61,6 @@ def parse_base_url(base_url: str) -> Endpoint:
     if not path.endswith("/v1"):
         path += "/v1"
     return Endpoint(parts.hostname, port or 80, path)
-
-
-def chunk_token_ids(choice: dict) -> list[int] | None:
-    """Token ids of one streamed choice, or None when it carries none."""
-    if choice.get("token_ids") is not None:
-        return [int(t) for t in choice["token_ids"]]
-    tokens = (choice.get("logprobs") or {}).get("tokens")
-    if tokens is not None:
-        try:
-            return [int(str(t).split("token_id:", 1)[1]) for t in tokens]
-        except (IndexError, ValueError):
-            return None
-    return None
 
 
 @dataclass
