@@ -15,9 +15,9 @@ from __future__ import annotations
 import io
 import json
 import math
-from pathlib import Path
 
 from ..files import check_writable
+from .cli import write_output
 from .data import CalibrationError
 
 
@@ -118,10 +118,7 @@ def cmd_batching(args) -> int:
     if args.out is not None:
         _write(args.out, server_text(fit, source))
     if figure is not None:
-        try:
-            Path(args.plot).write_bytes(figure.getvalue())
-        except OSError as err:
-            raise CalibrationError(f"--plot: cannot write {args.plot}: {err.strerror or err}") from None
+        write_output("--plot", args.plot, figure.getvalue())
     if args.json:
         report = fit.report()
         report.update(base_url=backend.url, model=backend.model, tokens=args.tokens, prompt_tokens=args.prompt_tokens,
@@ -147,7 +144,4 @@ def _write(path: str, text: str) -> None:
     from ..servers import server_from_dict
 
     server_from_dict(tomllib.loads(text)["server"], ())  # what a profile will read back
-    try:
-        Path(path).write_text(text, encoding="utf-8")
-    except OSError as err:
-        raise CalibrationError(f"--out: cannot write {path}: {err.strerror or err}") from None
+    write_output("--out", path, text)

@@ -80,6 +80,17 @@ def run_calibrate(args) -> int:
     return args.calibrate_run(args)
 
 
+def write_output(flag: str, path: str, data: str | bytes) -> None:
+    """Write a command's output file (text as UTF-8); an OS error is a :class:`CalibrationError` naming `flag`."""
+    try:
+        if isinstance(data, bytes):
+            Path(path).write_bytes(data)
+        else:
+            Path(path).write_text(data, encoding="utf-8")
+    except OSError as err:
+        raise CalibrationError(f"{flag}: cannot write {path}: {err.strerror or err}") from None
+
+
 def parse_prob(text: str | None):
     """`--prob`: None, ``"uniform"``, a dict from NAME=SHARE pairs, or a list of shares."""
     if text is None or text.strip() == "uniform":
@@ -167,15 +178,9 @@ def _cmd_fit(args) -> int:
     if args.out is not None:
         name = args.name or Path(args.measurements).stem
         text = profile_text(problem, report, name)
-        try:
-            Path(args.out).write_text(text, encoding="utf-8")
-        except OSError as err:
-            raise CalibrationError(f"--out: cannot write {args.out}: {err.strerror or err}") from None
+        write_output("--out", args.out, text)
     if figure is not None:
-        try:
-            Path(args.plot).write_bytes(figure.getvalue())
-        except OSError as err:
-            raise CalibrationError(f"--plot: cannot write {args.plot}: {err.strerror or err}") from None
+        write_output("--plot", args.plot, figure.getvalue())
     if args.json:
         print(json.dumps(report, indent=2))
     else:
