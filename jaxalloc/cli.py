@@ -40,7 +40,7 @@ class _UsageError(Exception):
 
 
 SERVER_FLAGS = {"servers": "--servers", "priority_order": "--priority-order", "max_batch": "--max-batch",
-                "batch_slowdown": "--batch-slowdown"}
+                "batch_slowdown": "--batch-slowdown", "admission": "--admission"}
 """The server flags (argparse dest → flag) besides --server; see :func:`_apply_server`."""
 
 
@@ -66,6 +66,9 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-batch", type=_flag_number, metavar="B", help="batching: at most B requests run together")
     g.add_argument("--batch-slowdown", type=_flag_number, metavar="BETA",
                    help="batching: a step with m requests takes 1 + BETA(m - 1) times a batch-1 step")
+    g.add_argument("--admission", type=_flag_number, metavar="SECONDS",
+                   help="batching: seconds of each query's service that stall the whole batch (request "
+                        "handling, prefill; measured by calibrate batching's churn rounds; default 0)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -116,7 +119,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sens = sub.add_parser("sensitivity", help="J as one task's budget varies (Fig. 4), or l* along a parameter")
     sens.add_argument("profile", nargs="?", help="TOML profile (default: the bundled paper profile)")
     sens.add_argument("--task", help="task whose budget varies, others at their optimum (Fig. 4)")
-    sens.add_argument("--param", choices=["arrival_rate", "alpha", "max_tokens", "batch_slowdown", "servers",
+    sens.add_argument("--param", choices=["arrival_rate", "alpha", "max_tokens", "batch_slowdown", "admission", "servers",
                                           "max_batch"],
                       help="parameter to vary instead: plots l*(theta) and dl*/dtheta (a server parameter of the "
                            "profile's server kind; servers and max_batch take whole numbers, without derivatives)")

@@ -238,9 +238,14 @@ def validate(problem: Problem, *, stability: bool = True) -> Problem:
     if abs(total - 1) > PROB_TOLERANCE:
         raise ProblemError(f"prob: task shares sum to {total:.9g}, must sum to 1 (within 1e-6)")
     problem.server.check(names)
+    admission = float(getattr(problem.server, "admission", 0.0))
+    k = int(vecs["t0"].argmin())
+    if admission > vecs["t0"][k]:  # h is part of every batch-1 service time (docs/servers.md)
+        raise ProblemError(f"server.admission = {admission:g}: exceeds {_task_label(names, k)}.t0 = "
+                           f"{vecs['t0'][k]:g} (the admission is part of each query's batch-1 service time)")
     lam = float(problem.arrival_rate)
     rho0 = lam * float((vecs["prob"] * vecs["t0"]).sum())
-    capacity = float(problem.server.capacity())
+    capacity = float(problem.server.capacity(lam))
     if stability and rho0 >= capacity:
         if problem.server.kind == "fifo" and capacity == 1:
             why = f"utilization λ·E[S](0) = {rho0:.4g} >= 1"

@@ -66,7 +66,7 @@ mean_system_time = pollaczek_khinchine_system_time
 def load(problem: Problem, budgets: Float[Array, " N"]) -> Array:
     """λ E[S] / capacity: the server's utilisation, < 1 iff its queue is stable
     (ρ of eq. 4 for the paper's one server)."""
-    return problem.arrival_rate * moments(problem, budgets)[0] / problem.server.capacity()
+    return problem.arrival_rate * moments(problem, budgets)[0] / problem.server.capacity(problem.arrival_rate)
 
 
 def system_time(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, ""]:
@@ -165,7 +165,7 @@ def integer_bound_holds(problem: Problem, budgets: Float[Array, " N"]) -> Array:
     server: whether its queue is stable with every budget one token higher)."""
     m1, _ = moments(problem, budgets)
     if not _is_one_server(problem):
-        return problem.arrival_rate * (m1 + jnp.max(problem.c, axis=-1)) < problem.server.capacity()
+        return problem.arrival_rate * (m1 + jnp.max(problem.c, axis=-1)) < problem.server.capacity(problem.arrival_rate)
     return problem.arrival_rate * (m1 + jnp.max(problem.c, axis=-1)) < 1
 
 

@@ -66,6 +66,7 @@ QUANTITIES: dict[str, Quantity] = {
     "servers": Quantity("servers", "c", "count", ""),
     "max_batch": Quantity("largest batch", "B", "requests", " requests"),
     "batch_slowdown": Quantity("batch slowdown per extra request", "β", "dimensionless", ""),
+    "admission": Quantity("admission time per query", "h", "s", " s"),
     # results (sweep columns)
     "budget": Quantity("optimal budget", "ℓ*", "tokens", " tokens"),
     "integer_budget": Quantity("integer budget", "ℓ_int", "tokens", " tokens"),
@@ -716,5 +717,6 @@ def _server_label(desc: dict) -> str:
     if desc["kind"] == "fifo":
         return "one FIFO server (paper)" if desc.get("servers", 1) == 1 else f"{desc['servers']} FIFO servers"
     if desc["kind"] == "batching":
-        return f"batching B = {desc['max_batch']}, β = {desc['batch_slowdown']:g}"
+        admission = f", h = {1e3 * desc['admission']:g} ms" if desc.get("admission") else ""
+        return f"batching B = {desc['max_batch']}, β = {desc['batch_slowdown']:g}{admission}"
     return desc["kind"]

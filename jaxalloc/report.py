@@ -164,6 +164,7 @@ def describe_server(desc: dict[str, Any]) -> str:
         how = "chosen to maximise J (order \"auto\")" if desc.get("auto") else "as given"
         return f"priority (non-preemptive M/G/1, Cobham), order {' > '.join(desc['order'])}, {how}"
     if kind == "batching":
-        return (f"batching, max_batch = {desc['max_batch']}, batch_slowdown = {desc['batch_slowdown']:g} "
+        admission = f", admission = {desc['admission']:g} s" if desc.get("admission") else ""
+        return (f"batching, max_batch = {desc['max_batch']}, batch_slowdown = {desc['batch_slowdown']:g}{admission} "
                 "(state-dependent processor sharing)")
     return ", ".join(f"{k} = {v}" for k, v in desc.items())

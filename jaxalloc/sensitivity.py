@@ -128,8 +128,8 @@ def parameter_curve(problem: Problem, param: str, values) -> dict[str, np.ndarra
             raise ProblemError(f"{param} = {raw[bad][0]:g}: must be an integer >= 1 (a range of whole numbers, "
                                f"e.g. 1:8:8)")
         problem = problem.replace(server=problem.server.resized(int(raw.max())))
-    elif param == "batch_slowdown" and (raw < 0).any():
-        raise ProblemError(f"batch_slowdown = {raw[raw < 0][0]:g}: must be >= 0")
+    elif param in ("batch_slowdown", "admission") and (raw < 0).any():
+        raise ProblemError(f"{param} = {raw[raw < 0][0]:g}: must be >= 0")
     theta = jnp.asarray(raw, problem.A.dtype)
     f = lambda v: optimal_budgets(problem.replace(**{param: v}))
     if param in INTEGER_FIELDS:

@@ -170,7 +170,7 @@ def _theory(problem: Problem, budgets, service_cv):
     else:
         total = server.system_time(lam, problem.prob, t, t2)
     wait = server.mean_wait(lam, m1, m2 * (1.0 + service_cv**2)) if isinstance(server, FIFO) else total - m1
-    capacity = server.capacity()
+    capacity = server.capacity(lam)
     return (
         total,
         wait,
@@ -213,6 +213,7 @@ def _check_int(name: str, value, lo: int) -> int:
 
 
 def _check(problem: Problem, budgets, queries, replications, warmup, service_cv, chunk, bins):
+    core_for(problem.server)  # a server the simulator has no core for is refused here, before jit
     queries = _check_int("queries", queries, 1)
     replications = _check_int("replications", replications, 1)
     warmup = _check_int("warmup", warmup, 0)

@@ -95,7 +95,7 @@ def _stand_in(problem: Problem):
     instead of spinning to max_steps; their result is discarded by
     :func:`_summarize`."""
     m1_zero = moments(problem, jnp.zeros_like(problem.A))[0]
-    capacity = problem.server.capacity()
+    capacity = problem.server.capacity(problem.arrival_rate)
     stable0 = problem.arrival_rate * m1_zero < capacity
     tiny = jnp.finfo(problem.A.dtype).tiny
     return jnp.where(stable0, problem.arrival_rate, 0.5 * capacity / jnp.maximum(m1_zero, tiny)), stable0

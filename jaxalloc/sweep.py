@@ -92,7 +92,7 @@ from .solvers.integer import MAX_ENUMERATE_TASKS, integer_budgets
 
 SCALAR_FIELDS = ("arrival_rate", "alpha", "max_tokens")
 SERVER_FIELDS = SWEEPABLE
-"""Server parameters that can be axes (those of the problem's server kind): `servers`, `max_batch`, `batch_slowdown`."""
+"""Server parameters that can be axes (those of the problem's server kind): `servers`, `max_batch`, `batch_slowdown`, `admission`."""
 INTEGER_FIELDS = ("servers", "max_batch")
 """Axes whose values must be whole numbers (the server is resized to hold the largest)."""
 PER_TASK_FIELDS = ("prob", "A", "b", "D", "t0", "c")

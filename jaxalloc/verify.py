@@ -85,7 +85,7 @@ def objective_hessian_closed_form(problem: Problem, budgets) -> np.ndarray:
 def _stable_samples(problem: Problem, count: int, rng, rho_max: float = 0.999) -> np.ndarray:
     """Random budgets spread over the stability region, utilisation (load over
     the server's capacity) up to `rho_max`."""
-    lam = float(problem.arrival_rate) / float(problem.server.capacity())
+    lam = float(problem.arrival_rate) / float(problem.server.capacity(problem.arrival_rate))
     pi, t0, c = (np.asarray(getattr(problem, f)) for f in ("prob", "t0", "c"))
     top = float(problem.max_tokens)
     rho0 = lam * pi @ t0
@@ -311,7 +311,7 @@ def verify_other_server(problem: Problem, *, points: int = 200, seed: int = 0) -
     finite = np.all(np.isfinite(H), axis=(1, 2))
     eig = np.array([float(np.linalg.eigvalsh(a).max()) if ok else np.nan for a, ok in zip(H, finite)])
     loads = (float(problem.arrival_rate) * np.asarray(jax.vmap(lambda x: moments(problem, x)[0])(jnp.asarray(samples)))
-             / float(problem.server.capacity()))
+             / float(problem.server.capacity(problem.arrival_rate)))
     checked = ("J's autodiff Hessian is negative definite at random stable budgets and at l* (the concavity of "
                "Lemma 1; eqs. 11 and 33-34 are M/G/1's Hessians and are not compared)")
     if not finite.any():

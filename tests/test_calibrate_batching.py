@@ -15,6 +15,11 @@ round spoiled by a starved machine). The slope τ1β = 0.2 ms per
 extra request is read off τ(1) = 2 ms to τ(8) = 3.4 ms, so a 1% error at each end
 moves β by about √2 · 0.03 ms / 7 / 2 ms ≈ 0.003. Asserting |β̂ − 0.1| ≤ 0.02 leaves a
 factor of about 6 for a loaded machine; the interval must also cover 0.1.
+
+**Churn.** With `admission_s` > 0 the emulator stalls its decode loop for that long per
+request it admits (no tokens for anyone meanwhile): the exclusive per-request time h of
+the model per_request(m, L) = h + L τ(m)/m. See :func:`test_emulator_churn_recovers_admission`
+for the tolerance on h.
 """
 
 from __future__ import annotations
@@ -34,9 +39,14 @@ import numpy as np
 import pytest
 
 from jaxalloc.calibrate.batching import (
+    ChurnRound,
     Round,
     fit_batching,
+    fit_churn,
+    format_batching,
     measure_batching,
+    measure_churn,
+    prompt_ids,
     running_at_once,
     server_text,
     step_time,
@@ -58,10 +68,12 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 class BatchingEmulator:
-    """A vLLM-like streaming server whose decode steps follow τ1(1 + β(m − 1)), at most `max_batch` active."""
+    """A vLLM-like streaming server whose decode steps follow τ1(1 + β(m − 1)), at most `max_batch` active;
+    each request admitted stalls the loop for `admission_s` (exclusive: no tokens for anyone meanwhile)."""
 
-    def __init__(self, step_s=TAU1, slowdown=BETA, max_batch=B, token_ids=True, model="emu"):
+    def __init__(self, step_s=TAU1, slowdown=BETA, max_batch=B, token_ids=True, model="emu", admission_s=0.0):
         self.step_s, self.slowdown, self.max_batch, self.token_ids = step_s, slowdown, max_batch, token_ids
+        self.admission_s = admission_s
         self.cond = threading.Condition()
         self.waiting: deque = deque()
         self.stop = False
@@ -117,10 +129,13 @@ class BatchingEmulator:
                     deadline = None
                 if self.stop:
                     return
+                admitted = 0
                 while self.waiting and len(active) < self.max_batch:
                     active.append(self.waiting.popleft())
+                    admitted += 1
             now = time.perf_counter()
-            deadline = (now if deadline is None else deadline) + self.step_s * (1 + self.slowdown * (len(active) - 1))
+            deadline = ((now if deadline is None else deadline) + admitted * self.admission_s
+                        + self.step_s * (1 + self.slowdown * (len(active) - 1)))
             time.sleep(max(0.0, deadline - now))
             for req in active:
                 req[0] -= 1
@@ -209,6 +224,61 @@ def test_fit_needs_three_levels_up_to_b():
     assert fit.beta == pytest.approx(0.0712, abs=5e-4) and np.all(np.isfinite(fit.ci_beta)) and fit.ci_beta[0] < fit.beta
 
 
+def _churn(levels, lengths, h, step, noise, rng):
+    """Churn rounds whose time per request is h + L step(m)/m, plus N(0, noise²) (seconds)."""
+    def y(m, n):
+        return h + n * step(m) / m + (noise * rng.standard_normal() if noise else 0.0)
+
+    return [ChurnRound(m, n, 12 * m, 0.0, y(m, n) * 10 * m, 10 * m) for m in levels for n in lengths]
+
+
+def test_fit_churn_is_exact_without_noise_and_its_interval_covers():
+    def step(m):
+        return 0.01 * (1 + 0.05 * (m - 1))
+
+    fit = fit_churn(_churn((4, 8), (8, 64), 0.014, step, 0.0, np.random.default_rng(0)))
+    assert fit.admission_s == pytest.approx(0.014, rel=1e-9) and fit.df == 1
+    assert fit.per_token_s == pytest.approx((step(4) / 4, step(8) / 8), rel=1e-9)
+    assert fit.levels == (4, 8) and fit.lengths == (8, 64)
+    assert fit.ci_admission_s[0] <= 0.014 <= fit.ci_admission_s[1]
+    # the real vLLM's rounds of the brief (m = 4: 36.4, 376.5 ms; m = 8: 29.2, 226.5 ms at L = 8, 128)
+    vllm = [ChurnRound(m, n, 10, 0.0, y / 1e3 * 10, 10) for m, n, y in
+            ((4, 8, 36.4), (4, 128, 376.5), (8, 8, 29.2), (8, 128, 226.5))]
+    real = fit_churn(vllm)
+    assert 0.012 <= real.admission_s <= 0.018 and real.per_token_s == pytest.approx((2.83e-3, 1.64e-3), rel=0.02)
+    # 1 ms of noise on each point, 3 lengths, 2 levels (3 degrees of freedom): the 95% interval covers h
+    # about 95% of the time (ordinary least squares is exact for Gaussian noise of constant variance)
+    rng = np.random.default_rng(1)
+    fits = [fit_churn(_churn((4, 8), (8, 32, 64), 0.014, step, 0.001, rng)) for _ in range(400)]
+    assert all(f.df == 3 for f in fits)
+    covered = np.mean([f.ci_admission_s[0] <= 0.014 <= f.ci_admission_s[1] for f in fits])
+    assert 0.90 <= covered <= 0.99, covered
+    one = fit_churn(_churn((4, 8), (8, 64), 0.014, step, 0.001, np.random.default_rng(2)))
+    assert one.ci_admission_s[0] <= 0.014 <= one.ci_admission_s[1] and one.df == 1
+
+
+def test_fit_churn_needs_two_lengths_and_clamps_negative_h():
+    def step(m):
+        return 0.01
+
+    with pytest.raises(CalibrationError, match="--churn-tokens: churn at m = 8 has 1 distinct length"):
+        fit_churn(_churn((4,), (8, 64), 0.01, step, 0.0, None) + _churn((8,), (64,), 0.01, step, 0.0, None))
+    with pytest.raises(CalibrationError, match="no churn rounds"):
+        fit_churn([])
+    rounds = _synthetic((1, 2, 4, 8), 0.05, 0.0, np.random.default_rng(3), tau1=0.01)
+    churn = _churn((4, 8), (8, 64), -0.002, step, 0.0, None)
+    fit = fit_batching(rounds, churn=churn, requests_per_query=3)
+    assert fit.churn.admission_s == pytest.approx(-0.002) and fit.admission == 0.0
+    assert fit.server_table()["admission"] == 0.0
+    text = server_text(fit, "synthetic")
+    assert "h came out negative" in text and "admission = 0" in text and "times 3 requests per query" in text
+    assert "h < 0" in format_batching(fit)
+    assert "admission" not in fit_batching(rounds).server_table()
+    assert "admission" not in server_text(fit_batching(rounds))
+    with pytest.raises(CalibrationError, match="--requests-per-query = 0"):
+        fit_batching(rounds, churn=churn, requests_per_query=0)
+
+
 # ---------------------------------------------------------------- against the emulator
 
 
@@ -251,8 +321,9 @@ def test_cli_writes_server_table_json_plot_and_fit_uses_it(emulator, tmp_path, c
     out, fig = tmp_path / "server.toml", tmp_path / "steps.png"
     assert main(["calibrate", "batching", "--base-url", emulator.url, "--concurrency", "1,2,4,8,12",
                  "--tokens", "48", "--skip", "8", "--prompt-tokens", "8", "--out", str(out),
-                 "--plot", str(fig), "--json"]) == 0
+                 "--plot", str(fig), "--json", "--churn", "none"]) == 0
     report = json.loads(capsys.readouterr().out)  # one round a level: accuracy is checked above, on three
+    assert report["churn"] is None and "admission" not in out.read_text()  # --churn none: no admission
     assert report["max_batch"] == B and report["max_batch_source"] == "observed"
     lo, hi = report["ci_batch_slowdown"]
     assert lo <= report["batch_slowdown"] <= hi and np.isfinite([lo, hi]).all()
@@ -274,10 +345,106 @@ def test_cli_writes_server_table_json_plot_and_fit_uses_it(emulator, tmp_path, c
 def test_cli_max_batch_flag_and_text_output(emulator, tmp_path, capsys):
     out = tmp_path / "s.toml"
     assert main(["calibrate", "batching", "--base-url", emulator.url, "--concurrency", "1,2,3,4,6",
-                 "--tokens", "40", "--skip", "8", "--max-batch", "4", "--out", str(out)]) == 0
+                 "--tokens", "40", "--skip", "8", "--max-batch", "4", "--out", str(out),
+                 "--churn", "2,4", "--churn-tokens", "4,8,16"]) == 0
     text = capsys.readouterr().out
     assert "max_batch B 4 (given by --max-batch" in text and "m > B: not fitted" in text
-    assert "max_batch = 4" in out.read_text()
+    assert "closed-loop churn" in text and "admission h = " in text and "ratio" in text
+    assert "max_batch = 4" in out.read_text() and "admission = " in out.read_text()
+
+
+H_S = 0.020  # the admitting emulator's exclusive time per request
+
+
+@pytest.fixture(scope="module")
+def admitting():
+    with BatchingEmulator(step_s=0.004, admission_s=H_S) as emu:
+        yield emu
+
+
+def test_emulator_churn_recovers_admission(admitting):
+    """h within 35%. At m = 4 the time per request is h + L τ(4)/4 = 30.4 ms at L = 8 and 103 ms at L = 64
+    (τ(4) = 5.2 ms); h = (64 y₈ − 8 y₆₄)/56 = 1.14 y₈ − 0.14 y₆₄, so 2% timing error on each moves h by about
+    0.75 ms (4%), less over two levels. The client's own time between requests (HTTP set-up, threads on a busy
+    machine: about 1 ms, shared by the m workers of a wave) adds to h, about +0.5 ms (3%; +0.7 ms seen). 35%
+    (7 ms) leaves a factor of about 8 for a loaded machine. The defaults run about 11 s here."""
+    backend = OpenAIBackend(admitting.url, None)
+    churn = measure_churn(backend, (4, 8), (8, 64), prompt=prompt_ids(16))
+    assert [(r.concurrency, r.tokens, r.requests) for r in churn] == [(4, 8, 48), (4, 64, 24), (8, 8, 96),
+                                                                        (8, 64, 48)]
+    assert all(r.window_requests == r.requests - 2 * r.concurrency and 0 < r.window_s < r.wall_s for r in churn)
+    fit = fit_churn(churn)
+    assert abs(fit.admission_s - H_S) <= 0.35 * H_S, fit
+    for m, s in zip(fit.levels, fit.per_token_s):  # the slope is the steady-state step time over m
+        assert s * m == pytest.approx(0.004 * (1 + BETA * (m - 1)), rel=0.1), fit
+    steady = [Round(m, 0, (0.004 * (1 + BETA * (m - 1)),), m, 64, 0.0) for m in (1, 2, 4, 8)]
+    full = fit_batching(steady, churn=churn)
+    assert full.server_table()["admission"] == pytest.approx(2 * fit.admission_s)
+    assert [c / t for _, c, t in full.churn_steps()] == pytest.approx([1, 1], rel=0.1)
+    text = format_batching(full)
+    assert "admission h = " in text and "ratio" in text and "2 requests per query" in text
+    report = full.report()["churn"]
+    assert len(report["rounds"]) == 4 and report["admission_s"] == pytest.approx(2 * fit.admission_s)
+
+
+class _FailingBackend:
+    """Answers `tokens` ids after 1 ms; the `fail_at`-th request (0-based) fails, or comes back short."""
+
+    def __init__(self, fail_at, short=False):
+        self.fail_at, self.short, self.calls, self.lock = fail_at, short, 0, threading.Lock()
+
+    def complete(self, prompt, *, max_tokens, min_tokens, seed):
+        from types import SimpleNamespace
+
+        from jaxalloc.calibrate.openai_backend import ServerError
+
+        with self.lock:
+            k, self.calls = self.calls, self.calls + 1
+        time.sleep(0.001)
+        if k == self.fail_at and not self.short:
+            raise ServerError("http://fake/v1/completions: HTTP 500: boom")
+        return SimpleNamespace(token_ids=[1] * (max_tokens - (k == self.fail_at)))
+
+
+def test_churn_failures_raise_and_stop_the_loop():
+    backend = _FailingBackend(fail_at=7)
+    with pytest.raises(CalibrationError, match=r"churn at m = 2, 8 tokens: 1 of \d+ requests failed .*HTTP 500: boom"):
+        measure_churn(backend, (2,), (8, 16), prompt=[1, 2])
+    assert backend.calls < 12  # the loop stopped (48 would have been sent)
+    with pytest.raises(CalibrationError, match="returned 7 tokens for max_tokens = min_tokens = 8"):
+        measure_churn(_FailingBackend(fail_at=3, short=True), (2,), (8, 16), prompt=[1, 2])
+    rounds = measure_churn(_FailingBackend(fail_at=-1), (2, 3), (4, 8), prompt=[1], requests=10)
+    assert [(r.concurrency, r.requests, r.window_requests) for r in rounds] == [(2, 10, 6), (2, 10, 6), (3, 12, 6),
+                                                                                (3, 12, 6)]
+
+
+def test_cli_churn_writes_admission(admitting, tmp_path, capsys):
+    import tomllib
+
+    from jaxalloc.servers import server_from_dict
+
+    out, fig = tmp_path / "server.toml", tmp_path / "steps.png"
+    assert main(["calibrate", "batching", "--base-url", admitting.url, "--concurrency", "1,2,4", "--tokens", "40",
+                 "--skip", "8", "--prompt-tokens", "8", "--churn", "4", "--churn-tokens", "8,32",
+                 "--requests-per-query", "3", "--out", str(out), "--plot", str(fig), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    churn = report["churn"]
+    assert churn["concurrency"] == [4] and churn["tokens"] == [8, 32] and churn["requests_per_query"] == 3
+    assert [(r["concurrency"], r["tokens"], r["requests"]) for r in churn["rounds"]] == [(4, 8, 48), (4, 32, 24)]
+    h = churn["admission_per_request_ms"] / 1e3
+    assert abs(h - H_S) <= 0.35 * H_S, churn  # one level of two lengths, 0 degrees of freedom: no interval
+    assert churn["df"] == 0 and "admission" in report["server"]
+    text = out.read_text()
+    table = tomllib.loads(text)["server"]
+    assert table["admission"] == pytest.approx(3 * h, rel=1e-6) and table["kind"] == "batching"
+    assert "# admission: h = " in text and "times 3 requests per query" in text
+    width, _ = _png(fig)
+    assert width > 1000  # two panels
+
+    # loads as a batching server (not through `calibrate fit` on EXAMPLE: its fastest task's t0 = 17.6 ms is
+    # below this emulator's admission, which the server model refuses: admission is part of t0)
+    server = server_from_dict(table, ())
+    assert server.kind == "batching" and float(server.admission) == pytest.approx(3 * h, rel=1e-6)
 
 
 def _one_error(capsys, *words):
@@ -306,6 +473,14 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
         (["--max-batch", "2"], ("--max-batch 2",)),
         (["--tokens", "30"], ("--tokens = 30",)),
         (["--level", "1.5"], ("--level = 1.5",)),
+        (["--churn", "4,x"], ("--churn = '4,x'", "whole numbers")),
+        (["--churn", "0,4"], ("--churn = '0,4'", "0 is not >= 1")),
+        (["--churn", "4,4"], ("--churn = '4,4'", "given twice")),
+        (["--churn", ""], ("--churn = ''",)),
+        (["--churn-tokens", "64"], ("--churn-tokens = '64'", "at least two lengths")),
+        (["--churn-tokens", "8,-1"], ("--churn-tokens = '8,-1'", "-1 is not >= 1")),
+        (["--churn-tokens", "8;64"], ("--churn-tokens = '8;64'",)),
+        (["--requests-per-query", "0"], ("--requests-per-query = 0", ">= 1")),
     ):
         assert main(["calibrate", "batching", "--base-url", url, *argv]) == 2
         _one_error(capsys, *words)

@@ -42,6 +42,25 @@ OpenAI-compatible server (vLLM, SGLang) and fits β and B:
   share the server's steps, so their spread says nothing about the scatter between
   rounds: it is not used. The interval is finite with at least three distinct m ≤ B.
 
+- **Churn** (:func:`measure_churn`, :func:`fit_churn`): the steady-state step curve
+  misses what each request's arrival costs the server alone (HTTP handling,
+  scheduling, the prefill of its prompt: the batch stalls meanwhile). For each
+  concurrency m and length L, m worker threads keep m streamed requests of exactly
+  L tokens in flight (a closed loop, the same prompt and call as the rounds) until n
+  have been sent. The time per request is taken in the steady part of the loop:
+  between the m-th and the (n − m)-th completion, n − 2m requests completed
+  (:attr:`ChurnRound.per_request_s`; the first m start together and the last m finish
+  with fewer in flight, so whole-run elapsed/n would bias the slope when the streams
+  drift apart; when they stay in step, as waves of m, both are exact, n being a
+  multiple of m). The model is per_request(m, L) = h + L · τ(m)/m: h, the exclusive
+  server time per request, is one intercept common to all m, with one slope s_m per
+  m, by ordinary least squares; its standard error from the residual scatter on
+  (points − 1 − levels) degrees of freedom and the interval h ± t se. s_m · m is the
+  step time the churn implies (s_m · B for m > B), to compare with τ(m) of the
+  rounds. The profile's ``admission`` (seconds per query) is requests_per_query × h
+  (a query of ``calibrate measure`` is a thinking and an answer request: 2); a
+  negative h (noise) is written as 0.
+
 The result, :class:`BatchingFit`, gives the profile's ``[server]`` table
 (:meth:`BatchingFit.server_table`, written through :func:`jaxalloc.servers.server_to_toml`).
 """
@@ -63,6 +82,9 @@ import numpy as np
 from .data import CalibrationError
 
 DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16, 32)
+DEFAULT_CHURN = (4, 8)  # concurrency of the churn rounds
+DEFAULT_CHURN_TOKENS = (8, 32, 64)  # lengths L of the churn rounds
+REQUESTS_PER_QUERY = 2  # a query of `calibrate measure` / `loadtest`: a thinking and an answer request
 MIN_LEVELS = 3  # distinct m ≤ B for a finite interval (a line has 2 parameters)
 
 
@@ -130,6 +152,26 @@ def running_at_once(spans: Sequence[tuple[float, float]]) -> int:
     return max((sum(1 for a, b in spans if a <= (s + e) / 2 <= b) for s, e in spans), default=0)
 
 
+def run_threads(work: Callable[[int], None], m: int) -> float:
+    """Run `work(0)` … `work(m − 1)` in m threads and wait for them, with the garbage collector
+    paused (a collection would stall every thread at once: time the server never spent, and
+    shifted clock readings). Returns the perf_counter time at which the threads were started."""
+    collecting = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(m)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        if collecting:
+            gc.enable()
+    return start
+
+
 def measure_round(backend, m: int, *, tokens: int, prompt: Sequence[int], skip: int, repeat: int = 0,
                   seed: int = 0) -> Round:
     """m concurrent streamed requests of exactly `tokens` tokens, started together.
@@ -158,20 +200,8 @@ def measure_round(backend, m: int, *, tokens: int, prompt: Sequence[int], skip: 
         except Exception as err:  # noqa: BLE001 -- reported as the run's error, never a traceback from a thread
             errors.append(f"{type(err).__name__}: {err}")
 
-    collecting = gc.isenabled()
-    gc.collect()
-    gc.disable()  # a collection would stall every thread and shift the clock readings of all streams at once
-    try:
-        start = time.perf_counter()
-        threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(m)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - start
-    finally:
-        if collecting:
-            gc.enable()
+    start = run_threads(work, m)
+    wall = time.perf_counter() - start
     if errors:
         raise CalibrationError(errors[0])
     for s in streams:
@@ -216,11 +246,199 @@ def measure_batching(backend, concurrency: Sequence[int] = DEFAULT_CONCURRENCY, 
     return rounds
 
 
+class ChurnRound(NamedTuple):
+    """One closed-loop churn round: `concurrency` m requests kept in flight, each of exactly `tokens`
+    L tokens, `requests` n sent in all; `wall_s` from the start to the last completion; `window_s`
+    between the m-th and the (n − m)-th completion, in which `window_requests` (n − 2m) completed."""
+
+    concurrency: int
+    tokens: int
+    requests: int
+    wall_s: float
+    window_s: float
+    window_requests: int
+
+    @property
+    def per_request_s(self) -> float:
+        """Server time per request in the steady part of the loop: `window_s` / `window_requests`."""
+        return self.window_s / self.window_requests
+
+
+def churn_requests(m: int, tokens: int, lengths: Sequence[int]) -> int:
+    """The default n of a churn round: max(6m, 24) at the longest length, max(12m, 48) at shorter ones
+    (always a multiple of m, and at least 3m: the window holds n − 2m)."""
+    return max(6 * m, 24) if tokens >= max(lengths) else max(12 * m, 48)
+
+
+def churn_round(backend, m: int, tokens: int, *, prompt: Sequence[int], requests: int, seed: int = 0) -> ChurnRound:
+    """m worker threads, each sending streamed requests of exactly `tokens` tokens back to back
+    (``backend.complete`` as in :func:`measure_round`) until `requests` n have been sent.
+
+    **Returns:** the :class:`ChurnRound`. n must be at least 3m. A failed request, or one of
+    another length, stops the loop (no worker sends another) and raises
+    :class:`CalibrationError` naming the round, how many failed and the first error.
+    """
+    from .openai_backend import ServerError
+
+    if requests < 3 * m:
+        raise CalibrationError(f"churn at m = {m}: {requests} requests: need at least 3m = {3 * m} "
+                               "(the steady window is between the m-th and the (n - m)-th completion)")
+    lock = threading.Lock()
+    barrier = threading.Barrier(m)
+    sent = 0
+    done: list[float] = []
+    errors: list[str] = []
+
+    def work(i: int) -> None:
+        nonlocal sent
+        try:
+            barrier.wait(timeout=60)
+        except threading.BrokenBarrierError:
+            with lock:
+                errors.append("the workers could not be started together")
+            return
+        while True:
+            with lock:
+                if errors or sent >= requests:
+                    return
+                k = sent
+                sent += 1
+            try:
+                stream = backend.complete(prompt, max_tokens=tokens, min_tokens=tokens, seed=seed + k)
+                got = len(stream.token_ids)
+                why = None if got == tokens else (f"the server returned {got} tokens for max_tokens = min_tokens = "
+                                                  f"{tokens}: does it support min_tokens (as vLLM)?")
+            except ServerError as err:
+                why = str(err)
+            except Exception as err:  # noqa: BLE001 -- reported as the run's error, never a traceback from a thread
+                why = f"{type(err).__name__}: {err}"
+            end = time.perf_counter()
+            with lock:
+                if why is None:
+                    done.append(end)
+                else:
+                    errors.append(why)
+                    return
+
+    start = run_threads(work, m)
+    if errors:
+        raise CalibrationError(f"churn at m = {m}, {tokens} tokens: {len(errors)} of {sent} requests failed "
+                               f"({len(done)} completed); the first: {errors[0]}")
+    done.sort()
+    return ChurnRound(m, tokens, requests, done[-1] - start, done[requests - m - 1] - done[m - 1], requests - 2 * m)
+
+
+def measure_churn(backend, concurrency: Sequence[int] = DEFAULT_CHURN, lengths: Sequence[int] = DEFAULT_CHURN_TOKENS,
+                  *, prompt: Sequence[int], requests: int | None = None, seed: int = 0,
+                  progress: Callable[[ChurnRound], None] | None = None) -> list[ChurnRound]:
+    """Closed-loop churn rounds (see the module docstring): for each m in `concurrency` and each L in
+    `lengths`, :func:`churn_round`.
+
+    **Arguments:** `backend` (as :func:`measure_round`); `concurrency`; `lengths` (tokens per
+    request; at least two distinct to fit h); `prompt`: token ids, the same as the rounds';
+    `requests`: n per round, rounded up to a multiple of m and at least 3m (default
+    :func:`churn_requests`: under 30 s in all at the defaults on a server with 10 ms steps);
+    `seed`; `progress`: called with each finished :class:`ChurnRound`.
+
+    **Returns:** the rounds, in the order run. Raises :class:`CalibrationError`.
+    """
+    rounds = []
+    for m in concurrency:
+        m = int(m)
+        for tokens in lengths:
+            n = churn_requests(m, tokens, lengths) if requests is None else max(-(-int(requests) // m) * m, 3 * m)
+            done = churn_round(backend, m, int(tokens), prompt=prompt, requests=n, seed=seed)
+            rounds.append(done)
+            if progress is not None:
+                progress(done)
+    return rounds
+
+
 @functools.lru_cache(maxsize=64)
 def _t_quantile(q: float, df: int) -> float:
     from .fit import t_quantile
 
     return t_quantile(q, df)
+
+
+@dataclass(frozen=True)
+class ChurnFit:
+    """per_request(m, L) = h + s_m · L fitted to churn rounds (one h, one slope per m).
+
+    `levels` (distinct m), `lengths` (distinct L), `per_token_s` s_m with `se_per_token_s`;
+    `admission_s` h (seconds per request, as fitted: may be negative), `se_admission_s`,
+    `ci_admission_s` at `level` (NaN with 0 degrees of freedom); `df` (points − 1 − levels);
+    `rounds`.
+    """
+
+    levels: tuple[int, ...]
+    lengths: tuple[int, ...]
+    per_token_s: tuple[float, ...]
+    se_per_token_s: tuple[float, ...]
+    admission_s: float
+    se_admission_s: float
+    ci_admission_s: tuple[float, float]
+    df: int
+    level: float
+    rounds: tuple[ChurnRound, ...] = field(repr=False)
+
+    @property
+    def per_request_admission_s(self) -> float:
+        """h as written to the profile (per request): the estimate, or 0 where noise made it negative."""
+        return max(self.admission_s, 0.0)
+
+    def fitted(self, m: int, tokens) -> np.ndarray:
+        """The fitted time per request (s) at concurrency m (one of `levels`) and length `tokens`."""
+        return self.admission_s + self.per_token_s[self.levels.index(m)] * np.asarray(tokens, float)
+
+    def report(self) -> dict[str, Any]:
+        """Plain data: h, the slopes and every round."""
+        return {
+            "admission_per_request_ms": 1e3 * self.admission_s,
+            "se_admission_per_request_ms": 1e3 * self.se_admission_s,
+            "ci_admission_per_request_ms": [1e3 * v for v in self.ci_admission_s], "df": self.df, "level": self.level,
+            "slopes": [{"concurrency": m, "per_token_ms": 1e3 * s, "se_per_token_ms": 1e3 * e}
+                       for m, s, e in zip(self.levels, self.per_token_s, self.se_per_token_s)],
+            "rounds": [{"concurrency": r.concurrency, "tokens": r.tokens, "requests": r.requests, "wall_s": r.wall_s,
+                        "window_s": r.window_s, "window_requests": r.window_requests,
+                        "per_request_ms": 1e3 * r.per_request_s,
+                        "fitted_ms": 1e3 * float(self.fitted(r.concurrency, r.tokens))} for r in self.rounds],
+        }
+
+
+def fit_churn(rounds: Sequence[ChurnRound], *, level: float = 0.95) -> ChurnFit:
+    """Fit per_request(m, L) = h + s_m · L to churn rounds by ordinary least squares (see the module
+    docstring). Raises :class:`CalibrationError` without rounds, or when some m has fewer than two
+    distinct lengths (h and s_m cannot be told apart)."""
+    if not rounds:
+        raise CalibrationError("no churn rounds to fit")
+    if not 0 < level < 1:
+        raise CalibrationError(f"--level = {level:g}: must be in (0, 1)")
+    levels = tuple(sorted({r.concurrency for r in rounds}))
+    lengths = tuple(sorted({r.tokens for r in rounds}))
+    for m in levels:
+        at = sorted({r.tokens for r in rounds if r.concurrency == m})
+        if len(at) < 2:
+            raise CalibrationError(f"--churn-tokens: churn at m = {m} has {len(at)} distinct length "
+                                   f"({', '.join(map(str, at))}): need at least 2 to separate the per-request time "
+                                   "from the per-token time")
+    X = np.zeros((len(rounds), 1 + len(levels)))
+    X[:, 0] = 1.0
+    for i, r in enumerate(rounds):
+        X[i, 1 + levels.index(r.concurrency)] = r.tokens
+    y = np.array([r.per_request_s for r in rounds])
+    coef = np.linalg.solve(X.T @ X, X.T @ y)
+    df = len(y) - X.shape[1]
+    if df > 0:
+        sigma2 = float(np.sum((y - X @ coef) ** 2) / df)
+        se = np.sqrt(np.maximum(np.diag(sigma2 * np.linalg.inv(X.T @ X)), 0.0))
+        half = _t_quantile(0.5 + level / 2, df) * float(se[0])
+    else:
+        se, half = np.full(X.shape[1], math.nan), math.nan
+    h = float(coef[0])
+    return ChurnFit(levels=levels, lengths=lengths, per_token_s=tuple(float(v) for v in coef[1:]),
+                    se_per_token_s=tuple(float(v) for v in se[1:]), admission_s=h, se_admission_s=float(se[0]),
+                    ci_admission_s=(h - half, h + half), df=df, level=level, rounds=tuple(rounds))
 
 
 @dataclass(frozen=True)
@@ -232,7 +450,8 @@ class BatchingFit:
     (``"given"``, ``"observed"`` or ``"lower bound"``), `observed_batch` (most seen
     running at any level); `fitted_levels` (the m ≤ B used), `points` (their number);
     `step1_s` τ1 and `slope_s` τ1β with standard errors; `beta` β, `se_beta`, `ci_beta`
-    at `level`; `df` (points − 2); `rounds` (all of them).
+    at `level`; `df` (points − 2); `rounds` (all of them); `churn`: the :class:`ChurnFit`
+    (None when not measured) and `requests_per_query` (requests a query makes: 2).
     """
 
     levels: tuple[int, ...]
@@ -253,6 +472,8 @@ class BatchingFit:
     df: int
     level: float
     rounds: tuple[Round, ...] = field(repr=False)
+    churn: ChurnFit | None = None
+    requests_per_query: int = REQUESTS_PER_QUERY
 
     def fitted(self, m) -> np.ndarray:
         """The fitted step time (s) at concurrency m: τ1 (1 + β(min(m, B) − 1))."""
@@ -263,9 +484,29 @@ class BatchingFit:
         """β as written to the profile: the estimate, or 0 where noise made it negative."""
         return max(self.beta, 0.0)
 
+    @property
+    def admission(self) -> float | None:
+        """`admission` as written to the profile (seconds per query): requests_per_query × h (h < 0
+        written as 0), or None without churn rounds."""
+        if self.churn is None:
+            return None
+        return self.requests_per_query * self.churn.per_request_admission_s
+
+    def churn_steps(self) -> list[tuple[int, float, float]]:
+        """Per churn level m: (m, the step time the churn slope implies, s_m · min(m, B), and the
+        steady-state fit's τ(min(m, B))); empty without churn rounds."""
+        if self.churn is None:
+            return []
+        return [(m, s * min(m, self.max_batch), float(self.fitted(m)))
+                for m, s in zip(self.churn.levels, self.churn.per_token_s)]
+
     def server_table(self) -> dict[str, Any]:
-        """The profile's ``[server]`` table: kind ``"batching"``, `max_batch`, `batch_slowdown`."""
-        return {"kind": "batching", "max_batch": int(self.max_batch), "batch_slowdown": float(self.batch_slowdown)}
+        """The profile's ``[server]`` table: kind ``"batching"``, `max_batch`, `batch_slowdown`, and
+        `admission` (seconds per query) when churn was measured."""
+        table = {"kind": "batching", "max_batch": int(self.max_batch), "batch_slowdown": float(self.batch_slowdown)}
+        if self.admission is not None:
+            table["admission"] = float(self.admission)
+        return table
 
     def report(self) -> dict[str, Any]:
         """Plain data (`calibrate batching --json`): the fit, the table per level and every round."""
@@ -285,6 +526,12 @@ class BatchingFit:
             "rounds": [{"concurrency": r.concurrency, "repeat": r.repeat, "step_ms": [1e3 * s for s in r.step_s],
                         "running": r.running, "tokens": r.tokens, "wall_s": r.wall_s,
                         "first_token_ms": [1e3 * s for s in r.first_token_s]} for r in self.rounds],
+            "churn": None if self.churn is None else {
+                **self.churn.report(), "requests_per_query": self.requests_per_query,
+                "admission_s": self.admission,
+                "steps": [{"concurrency": m, "churn_step_ms": 1e3 * c, "steady_step_ms": 1e3 * t, "ratio": c / t}
+                          for m, c, t in self.churn_steps()],
+            },
         }
 
 
@@ -309,15 +556,22 @@ def _line_fit(m: np.ndarray, y: np.ndarray, iterations: int = 20) -> tuple[np.nd
     return coef, cov, df
 
 
-def fit_batching(rounds: Sequence[Round], *, max_batch: int | None = None, level: float = 0.95) -> BatchingFit:
+def fit_batching(rounds: Sequence[Round], *, max_batch: int | None = None, level: float = 0.95,
+                 churn: Sequence[ChurnRound] | None = None,
+                 requests_per_query: int = REQUESTS_PER_QUERY) -> BatchingFit:
     """Fit β and B to measured rounds (see the module docstring).
 
     **Arguments:** `rounds`: :func:`measure_batching`'s result (or :class:`Round` s made
-    otherwise); `max_batch`: B, overriding what the rounds show; `level`: of the interval.
+    otherwise); `max_batch`: B, overriding what the rounds show; `level`: of the intervals;
+    `churn`: :func:`measure_churn`'s rounds (fitted by :func:`fit_churn`; None or empty: no
+    `admission`); `requests_per_query`: requests per query, admission = that × h.
 
     **Returns:** the :class:`BatchingFit`. Raises :class:`CalibrationError` with fewer
-    than three distinct concurrencies m ≤ B, or a fitted τ1 ≤ 0.
+    than three distinct concurrencies m ≤ B, or a fitted τ1 ≤ 0 (or as :func:`fit_churn`).
     """
+    if int(requests_per_query) != requests_per_query or requests_per_query < 1:
+        raise CalibrationError(f"--requests-per-query = {requests_per_query}: must be a whole number >= 1")
+    churn_fit = fit_churn(churn, level=level) if churn else None
     if not rounds:
         raise CalibrationError("no rounds to fit")
     if not 0 < level < 1:
@@ -356,6 +610,7 @@ def fit_batching(rounds: Sequence[Round], *, max_batch: int | None = None, level
         observed_batch=observed, fitted_levels=used, points=len(used), step1_s=a,
         se_step1_s=float(math.sqrt(cov[0, 0])), slope_s=s, se_slope_s=float(math.sqrt(cov[1, 1])), beta=beta,
         se_beta=se_beta, ci_beta=(beta - half, beta + half), df=df, level=level, rounds=tuple(rounds),
+        churn=churn_fit, requests_per_query=int(requests_per_query),
     )
 
 
@@ -365,7 +620,7 @@ def server_text(fit: BatchingFit, source: str = "") -> str:
     from ..servers import make_server, server_to_toml
 
     table = fit.server_table()
-    server = make_server("batching", (), max_batch=table["max_batch"], batch_slowdown=table["batch_slowdown"])
+    server = make_server("batching", (), **{k: v for k, v in table.items() if k != "kind"})
     pct = round(100 * fit.level, 6)
     lo, hi = fit.ci_beta
     head = [
@@ -377,9 +632,25 @@ def server_text(fit: BatchingFit, source: str = "") -> str:
     ]
     if fit.beta < 0:
         head.append(f"# beta came out negative ({fit.beta:.4g}): written as 0.")
+    churn = fit.churn
+    if churn is not None:
+        clo, chi = churn.ci_admission_s
+        interval = (f"[{1e3 * clo:.4g}, {1e3 * chi:.4g}] ms ({pct:g}%)" if churn.df > 0
+                    else "(no interval: 0 degrees of freedom)")
+        head += [
+            (f"# admission: h = {1e3 * churn.admission_s:.4g} ms {interval} of exclusive server time per request "
+             f"(per_request(m, L) = h + L tau(m)/m from closed-loop churn at m = {', '.join(map(str, churn.levels))}, "
+             f"L = {', '.join(map(str, churn.lengths))} tokens),"),
+            (f"# times {fit.requests_per_query} request{'s' * (fit.requests_per_query != 1)} per query = "
+             f"{fit.admission:.6g} s per query."),
+        ]
+        if churn.admission_s < 0:
+            head.append(f"# h came out negative ({1e3 * churn.admission_s:.4g} ms): written as 0.")
     head.append("# Add this table to a profile, or: jaxalloc calibrate fit MEASUREMENTS --server THIS_FILE")
-    lines = server_to_toml(server, ())
-    return "\n".join(head + [ln for ln in lines if ln]) + "\n"
+    lines = [ln for ln in server_to_toml(server, ()) if ln]
+    if churn is None:  # not measured: leave the field out (it defaults to 0) rather than claim a 0
+        lines = [ln for ln in lines if not ln.startswith("admission =")]
+    return "\n".join(head + lines) + "\n"
 
 
 def _batch_words(fit: BatchingFit) -> str:
@@ -415,17 +686,57 @@ def format_batching(fit: BatchingFit, title: str = "") -> str:
     ]
     if fit.beta < 0:
         lines.append("β < 0 (noise, or no slowdown at all): the [server] table gets batch_slowdown = 0")
+    if fit.churn is not None:
+        lines += ["", _format_churn(fit)]
+    return "\n".join(lines)
+
+
+def _format_churn(fit: BatchingFit) -> str:
+    churn = fit.churn
+    pct = round(100 * fit.level, 6)
+    lines = [
+        ("closed-loop churn: m requests kept in flight, L tokens each; time per request between the m-th and "
+         "the (n − m)-th completion"),
+        f"{'m':>5}  {'L':>5}  {'n':>5}  {'ms/request':>10}  {'fitted ms':>9}",
+    ]
+    for r in churn.rounds:
+        lines.append(f"{r.concurrency:>5}  {r.tokens:>5}  {r.requests:>5}  {1e3 * r.per_request_s:>10.4f}  "
+                     f"{1e3 * float(churn.fitted(r.concurrency, r.tokens)):>9.4f}")
+    lo, hi = churn.ci_admission_s
+    dof = f"{churn.df} degree{'s' * (churn.df != 1)} of freedom"
+    interval = (f"[{1e3 * lo:.4f}, {1e3 * hi:.4f}] ({pct:g}% interval, {dof})"
+                if churn.df > 0 else "(no interval: 0 degrees of freedom; add lengths or levels)")
+    lines += [
+        "",
+        "per_request(m, L) = h + s_m L, least squares, one h for all m",
+        (f"admission h = {1e3 * churn.admission_s:.4f} ms per request ± {1e3 * churn.se_admission_s:.4f} (se) "
+         f"{interval}"),
+    ]
+    for m, c, t in fit.churn_steps():
+        b = min(m, fit.max_batch)
+        lines.append(f"  m = {m}: s_m = {1e3 * churn.per_token_s[churn.levels.index(m)]:.4f} ms per token, "
+                     f"s_m·{'m' if b == m else 'B'} = {1e3 * c:.4f} ms against τ({b}) = {1e3 * t:.4f} ms of the "
+                     f"steady-state fit (ratio {c / t:.3f})")
+    if churn.admission_s < 0:
+        lines.append("h < 0 (noise, or no per-request cost): the [server] table gets admission = 0")
+    k = fit.requests_per_query
+    lines.append(f"admission = {k} request{'s' * (k != 1)} per query × h = {1e3 * fit.admission:.4f} ms per query")
     return "\n".join(lines)
 
 
 def plot_batching(fit: BatchingFit, path, title: str = "") -> None:
     """Step time against concurrency: each round's median (markers; over its streams, their
     range as bars), the fitted line τ1(1 + β(min(m, B) − 1)) and B. `path`: a file name or
-    a binary file object (PNG)."""
+    a binary file object (PNG). With churn rounds, a second panel: time per request against L, the
+    measured rounds and the fitted lines h + s_m L, one per m."""
     from ..plots import _pyplot, _save
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    if fit.churn is None:
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    else:
+        fig, (ax, cx) = plt.subplots(1, 2, figsize=(13, 4.5), dpi=110)
+        _plot_churn(fit, cx)
     for used in (True, False):
         rs = [r for r in fit.rounds if (r.concurrency <= fit.max_batch) == used]
         if not rs:
@@ -449,3 +760,24 @@ def plot_batching(fit: BatchingFit, path, title: str = "") -> None:
     ax.set_title(title or "decode step time against concurrency", fontsize=10)
     ax.legend(fontsize=8)
     _save(fig, plt, path)
+
+
+def _plot_churn(fit: BatchingFit, ax) -> None:
+    churn = fit.churn
+    grid = np.linspace(0, max(churn.lengths) * 1.05, 200)
+    for i, m in enumerate(churn.levels):
+        rs = [r for r in churn.rounds if r.concurrency == m]
+        color = f"C{i % 10}"
+        ax.plot([r.tokens for r in rs], [1e3 * r.per_request_s for r in rs], "o", ms=5, color=color)
+        ax.plot(grid, 1e3 * churn.fitted(m, grid), color=color, lw=1.4,
+                label=f"m = {m}: {1e3 * churn.per_token_s[i]:.3g} ms per token")
+    lo, hi = churn.ci_admission_s
+    interval = f" [{1e3 * lo:.3g}, {1e3 * hi:.3g}]" if churn.df > 0 else ""
+    ax.plot([0], [1e3 * churn.admission_s], "D", color="C3", ms=6,
+            label=f"h = {1e3 * churn.admission_s:.3g} ms{interval}")
+    ax.set_xlim(left=0)
+    ax.set_xlabel("tokens per request L")
+    ax.set_ylabel("server time per request (ms), closed loop")
+    ax.grid(alpha=0.3)
+    ax.set_title("churn: per request = h + L τ(m)/m", fontsize=10)
+    ax.legend(fontsize=8)

@@ -2,7 +2,12 @@
 
 `jaxalloc calibrate batching --base-url URL [--served-model NAME] [--concurrency 1,2,4,8,16,32]
 [--tokens 256] [--prompt-tokens 100] [--skip 20] [--repeats 1] [--max-batch B] [--level 0.95]
+[--churn 4,8 | none] [--churn-tokens 8,32,64] [--requests-per-query 2]
 [--out server.toml] [--plot FILE.png] [--json]`
+
+After the steady-state rounds, closed-loop churn rounds (``--churn``) measure the
+per-request exclusive time h; the table's ``admission`` is ``--requests-per-query`` × h
+(``--churn none``: no churn rounds, no ``admission``).
 
 Everything is checked before the first request; an unreachable server, one that
 returns no token ids or streams of another length, and a fit with fewer than three
@@ -44,7 +49,14 @@ def add_batching_parser(group) -> None:
     p.add_argument("--repeats", type=int, default=1, metavar="R", help="rounds per level (default 1)")
     p.add_argument("--max-batch", type=int, metavar="B",
                    help="max_batch to use (default: where the server is seen to stop running more at once)")
-    p.add_argument("--level", type=float, default=0.95, metavar="P", help="confidence level of the interval")
+    p.add_argument("--level", type=float, default=0.95, metavar="P", help="confidence level of the intervals")
+    p.add_argument("--churn", default="4,8", metavar="M,M,...|none",
+                   help="concurrency of the closed-loop churn rounds that measure the per-request admission time h "
+                        "(default 4,8; none: skip them and write no admission)")
+    p.add_argument("--churn-tokens", default="8,32,64", metavar="L,L,...",
+                   help="tokens per request of the churn rounds, at least two lengths (default 8,32,64)")
+    p.add_argument("--requests-per-query", type=int, default=2, metavar="K",
+                   help="requests a query makes (thinking + answer: 2); admission = K x h (default 2)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed of the requests")
     p.add_argument("--out", metavar="server.toml", help="write the [server] table here")
     p.add_argument("--plot", metavar="FILE.png", help="draw step time against concurrency with the fitted line")
@@ -52,24 +64,44 @@ def add_batching_parser(group) -> None:
     p.set_defaults(calibrate_run=cmd_batching)
 
 
-def parse_concurrency(text: str) -> tuple[int, ...]:
-    """`--concurrency`: distinct whole numbers ≥ 1, returned in increasing order."""
+def parse_concurrency(text: str, flag: str = "--concurrency", example: str = "1,2,4,8") -> tuple[int, ...]:
+    """`--concurrency` (or another list `flag`): distinct whole numbers ≥ 1, returned in increasing order."""
     try:
         levels = [int(p) for p in text.split(",")]
     except ValueError:
-        raise CalibrationError(f"--concurrency = {text!r}: expected whole numbers >= 1, e.g. 1,2,4,8") from None
+        raise CalibrationError(f"{flag} = {text!r}: expected whole numbers >= 1, e.g. {example}") from None
     bad = next((m for m in levels if m < 1), None)
     if bad is not None:
-        raise CalibrationError(f"--concurrency = {text!r}: {bad} is not >= 1")
+        raise CalibrationError(f"{flag} = {text!r}: {bad} is not >= 1")
     if len(set(levels)) != len(levels):
-        raise CalibrationError(f"--concurrency = {text!r}: a level is given twice")
+        raise CalibrationError(f"{flag} = {text!r}: a value is given twice")
     return tuple(sorted(levels))
 
 
-def _check(args) -> tuple[int, ...]:
+def parse_churn(text: str) -> tuple[int, ...]:
+    """`--churn`: as `--concurrency`, or ``none`` (no churn rounds: the empty tuple)."""
+    if text.strip().lower() == "none":
+        return ()
+    return parse_concurrency(text, "--churn", "4,8 (or none)")
+
+
+def parse_churn_tokens(text: str) -> tuple[int, ...]:
+    """`--churn-tokens`: at least two distinct lengths ≥ 1."""
+    lengths = parse_concurrency(text, "--churn-tokens", "8,32,64")
+    if len(lengths) < 2:
+        raise CalibrationError(f"--churn-tokens = {text!r}: need at least two lengths (h is the intercept of the "
+                               "time per request against the length)")
+    return lengths
+
+
+def _check(args) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     from .batching import MIN_LEVELS
 
     levels = parse_concurrency(args.concurrency)
+    churn = parse_churn(args.churn)
+    churn_tokens = parse_churn_tokens(args.churn_tokens)
+    if args.requests_per_query < 1:
+        raise CalibrationError(f"--requests-per-query = {args.requests_per_query}: must be >= 1")
     for flag, value, least in (("--tokens", args.tokens, 2), ("--prompt-tokens", args.prompt_tokens, 1),
                                ("--skip", args.skip, 0), ("--repeats", args.repeats, 1)):
         if value < least:
@@ -93,22 +125,33 @@ def _check(args) -> tuple[int, ...]:
         check_writable("--plot", args.plot)
     if args.out is not None:
         check_writable("--out", args.out)
-    return levels
+    return levels, churn, churn_tokens
 
 
 def cmd_batching(args) -> int:
     """Run `jaxalloc calibrate batching` (see the module docstring)."""
-    from .batching import fit_batching, format_batching, measure_batching, plot_batching, server_text
+    from .batching import (
+        fit_batching,
+        format_batching,
+        measure_batching,
+        measure_churn,
+        plot_batching,
+        prompt_ids,
+        server_text,
+    )
     from .openai_backend import OpenAIBackend, ServerError
 
-    levels = _check(args)
+    levels, churn_levels, churn_tokens = _check(args)
     try:
         backend = OpenAIBackend(args.base_url, None, args.served_model, timeout=300.0)
     except ServerError as err:
         raise CalibrationError(str(err)) from None
     rounds = measure_batching(backend, levels, tokens=args.tokens, prompt_tokens=args.prompt_tokens, skip=args.skip,
                               repeats=args.repeats, seed=args.seed)
-    fit = fit_batching(rounds, max_batch=args.max_batch, level=args.level)
+    churn = measure_churn(backend, churn_levels, churn_tokens, prompt=prompt_ids(args.prompt_tokens),
+                          seed=args.seed) if churn_levels else None
+    fit = fit_batching(rounds, max_batch=args.max_batch, level=args.level, churn=churn,
+                       requests_per_query=args.requests_per_query)
     source = f"{backend.url} (model {backend.model})"
     title = f"jaxalloc calibrate batching: {source}"
     figure = None
@@ -123,6 +166,8 @@ def cmd_batching(args) -> int:
         report = fit.report()
         report.update(base_url=backend.url, model=backend.model, tokens=args.tokens, prompt_tokens=args.prompt_tokens,
                       skip=args.skip, repeats=args.repeats, out=args.out)
+        if report["churn"] is not None:
+            report["churn"].update(concurrency=list(churn_levels), tokens=list(churn_tokens))
         print(json.dumps(report, indent=2))
     else:
         print(title)

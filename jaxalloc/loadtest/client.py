@@ -1,12 +1,13 @@
 """A small asyncio HTTP/1.1 client for streamed OpenAI-compatible completions.
 
-Only the standard library: a request is one connection (``asyncio.open_connection``),
-one ``POST`` of a JSON body, and a response read as server-sent events, whatever its
+Only the standard library: a request is one connection (an asyncio protocol), one
+``POST`` of a JSON body, and a response read as server-sent events, whatever its
 framing: ``Transfer-Encoding: chunked``, ``Content-Length``, or until the server closes
-(HTTP/1.0 servers such as Python's ``http.server``). The connection is opened first
-(:meth:`Connection.open`) and the request written later (:meth:`Connection.send`), so
-that a load generator can open it ahead of the scheduled arrival and write the request
-on time: the send time is the moment the request is handed to the socket.
+(HTTP/1.0 servers such as Python's ``http.server``), parsed as its bytes arrive. The
+connection is opened first (:meth:`Connection.open`) and the request written later
+(:meth:`Connection.send`, or at a due time by a :class:`Sender` thread), so that a load
+generator can open it ahead of the scheduled arrival and write the request on time: the
+send time is the moment the request has been handed to the socket.
 
 Token ids are read as :mod:`jaxalloc.calibrate.openai_backend` reads them: a choice's
 ``token_ids`` (vLLM's ``return_token_ids``) or its ``logprobs.tokens`` written as
@@ -16,7 +17,12 @@ Token ids are read as :mod:`jaxalloc.calibrate.openai_backend` reads them: a cho
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
+import os
+import sys
+import threading
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -87,8 +93,221 @@ def request_bytes(endpoint: Endpoint, method: str, path: str, body: bytes | None
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
 
 
-_READ = 1 << 16
 _decode = json.JSONDecoder().decode
+_HEAD, _CHUNK_SIZE, _CHUNK_DATA, _TRAILER, _LENGTH, _UNTIL_CLOSE, _OVER = range(7)
+
+
+class _Protocol(asyncio.Protocol):
+    """The connection's end in the event loop: bytes go straight to the exchange reading
+    the current response (parsed in ``data_received``, no task wake-up per chunk), or wait
+    in `buf` until one is attached."""
+
+    def __init__(self):
+        self.transport = None
+        self.buf = b""
+        self.exchange: _Exchange | None = None
+        self.closed = False  # end of stream from the server, or the connection lost
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        if self.exchange is not None:
+            self.exchange.feed(data)
+        else:
+            self.buf += data
+
+    def eof_received(self):
+        self.closed = True
+        if self.exchange is not None:
+            self.exchange.eof(None)
+        return False
+
+    def connection_lost(self, exc):
+        self.closed = True
+        if self.exchange is not None:
+            self.exchange.eof(exc)
+
+
+class _Exchange:
+    """Reads one response as it arrives, whatever its framing: ``Transfer-Encoding:
+    chunked``, ``Content-Length``, or until the server closes. With a `result` and a
+    ``200``, the body is read as server-sent events into it; otherwise it is kept whole.
+    `future` gets ``(status, body)`` or the `result`, or a :class:`RequestFailed`."""
+
+    def __init__(self, conn: Connection, path: str, result: StreamResult | None):
+        self.conn, self.path, self.result = conn, path, result
+        self.loop = asyncio.get_running_loop()
+        self.future = self.loop.create_future()
+        self.buf = b""
+        self.state = _HEAD
+        self.status, self.keep, self.left = 0, False, 0
+        self.parts: list[bytes] = []
+        self.pending = b""  # an incomplete SSE line
+        self.sse = False
+        self.done = False  # [DONE] seen
+        self.complete = False  # the body read to its framed end
+
+    def _fail(self, status: str, message: str) -> None:
+        self._detach(b"")
+        if not self.future.done():
+            self.future.set_exception(RequestFailed(status, f"{self.conn.endpoint.url}{self.path}: {message}"))
+
+    def _detach(self, rest: bytes) -> None:
+        proto = self.conn.proto
+        if proto is not None and proto.exchange is self:
+            proto.exchange = None
+            proto.buf = rest + proto.buf
+        self.state = _OVER
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self._feed(data)
+        except RequestFailed as err:
+            self._detach(b"")
+            if not self.future.done():
+                self.future.set_exception(err)
+        except ValueError as err:
+            self._fail("protocol_error", f"{type(err).__name__}: {err}")
+
+    def _feed(self, data: bytes) -> None:
+        state = self.state
+        if state == _OVER:
+            self.conn.proto.buf += data
+            return
+        buf = self.buf + data if self.buf else data
+        if state == _HEAD:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            self._head(buf[:end].decode("latin-1"))
+            buf = buf[end + 4:]
+            state = self.state
+            if state == _OVER:  # an empty body
+                self.conn.proto.buf += buf
+                return
+        while True:
+            if state == _CHUNK_SIZE:
+                eol = buf.find(b"\r\n")
+                if eol < 0:
+                    break
+                size = int(buf[:eol].split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:  # the last chunk, then trailer lines up to an empty one
+                    buf, state = buf[eol + 2:], _TRAILER
+                    continue
+                if len(buf) < eol + 4 + size:
+                    break
+                if buf[eol + 2 + size: eol + 4 + size] != b"\r\n":
+                    raise ValueError("chunk not followed by CRLF")
+                piece, buf = buf[eol + 2: eol + 2 + size], buf[eol + 4 + size:]
+                if self._piece(piece):
+                    return
+            elif state == _TRAILER:
+                eol = buf.find(b"\r\n")
+                if eol < 0:
+                    break
+                buf = buf[eol + 2:]
+                if eol == 0:
+                    self.complete = True
+                    self._finish(buf)
+                    return
+            elif state == _LENGTH:
+                if not buf:
+                    break
+                piece, buf = buf[:self.left], buf[self.left:]
+                self.left -= len(piece)
+                if self._piece(piece):
+                    return
+                if self.left == 0:
+                    self.complete = True
+                    self._finish(buf)
+                    return
+            else:  # _UNTIL_CLOSE
+                if buf and self._piece(buf):
+                    return
+                buf = b""
+                break
+        self.buf, self.state = buf, state
+
+    def _head(self, head: str) -> None:
+        self.conn.answered = True
+        status_line, *lines = head.split("\r\n")
+        parts = status_line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            raise RequestFailed("protocol_error", f"{self.conn.endpoint.url}{self.path}: not an HTTP response "
+                                                  f"({status_line[:60]!r})")
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        self.status = int(parts[1])
+        self.keep = parts[0] == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
+        self.sse = self.result is not None and self.status == 200
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            self.state = _CHUNK_SIZE
+        elif "content-length" in headers:
+            self.left, self.state = int(headers["content-length"]), _LENGTH
+            if self.left == 0:
+                self.complete = True
+                self._finish(b"")
+        else:
+            self.state = _UNTIL_CLOSE
+
+    def _piece(self, piece: bytes) -> bool:
+        """Take a piece of the body; True when the exchange is over (read-until-close after [DONE])."""
+        if not self.sse:
+            self.parts.append(piece)
+            return False
+        if self.done:
+            return False  # after [DONE]: read the framing to its end, to keep the connection
+        pending = self.pending + piece if self.pending else piece
+        if b"\n" not in pending:
+            self.pending = pending
+            return False
+        *lines, self.pending = pending.split(b"\n")
+        for line in lines:
+            if line.startswith(b"data:") and self.conn._event(line[5:].strip(), self.result, self.loop, self.path):
+                self.result.end = self.loop.time()
+                self.done = True
+                if self.state == _UNTIL_CLOSE:
+                    self._finish(b"")  # read-until-close: nothing more to wait for
+                    return True
+                break
+        return False
+
+    def eof(self, exc: BaseException | None) -> None:
+        if self.state == _OVER:
+            return
+        if self.state == _HEAD:
+            self._fail("protocol_error", f"{type(exc).__name__}: {exc}" if exc is not None else
+                       "the server closed the connection without a complete answer")
+        elif self.state == _UNTIL_CLOSE:
+            self._finish(b"")
+        else:
+            self._fail("protocol_error", f"{type(exc).__name__}: {exc}" if exc is not None else
+                       "IncompleteReadError: the server closed the connection in the middle of the body")
+
+    def _finish(self, rest: bytes) -> None:
+        self._detach(rest)
+        if self.future.done():
+            return
+        try:
+            if self.result is None:
+                self.future.set_result((self.status, b"".join(self.parts)))
+                return
+            if self.status != 200:
+                body = b"".join(self.parts)
+                detail = " ".join(body.decode("utf-8", errors="replace").split())[:200]
+                raise RequestFailed("http_error", f"{self.conn.endpoint.url}{self.path}: HTTP {self.status}: {detail}")
+            if not self.done:
+                if self.pending.startswith(b"data:"):
+                    self.conn._event(self.pending[5:].strip(), self.result, self.loop, self.path)
+                self.result.end = self.loop.time()
+        except RequestFailed as err:
+            self.future.set_exception(err)
+            return
+        self.future.set_result(self.result)
 
 
 class Connection:
@@ -97,151 +316,70 @@ class Connection:
     keep-alive connection, `reusable` is True and the next request may follow on it;
     :meth:`close` at the end.
 
-    The body is read in blocks (``StreamReader.read``) and unframed here, which costs
-    far fewer awaits than a ``readline`` per chunk at thousands of chunks a second.
+    Responses are parsed as their bytes arrive, in the protocol's ``data_received``
+    (:class:`_Exchange`): the reading coroutine wakes once per response, not once per
+    streamed chunk, which keeps the loop's CPU per token small at thousands of chunks a
+    second.
     """
 
     def __init__(self, endpoint: Endpoint, api_key: str | None = None):
         self.endpoint, self.api_key = endpoint, api_key
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
+        self.transport: asyncio.Transport | None = None
+        self.proto: _Protocol | None = None
         self.reusable = False
         self.answered = False  # a response head came for the last request sent
         self.kept = False  # kept alive from an earlier exchange (the server may have closed it since)
-        self._buf = b""
 
     def alive(self) -> bool:
         """Open, as far as this side knows (no end of stream seen from the server)."""
-        return self.writer is not None and not self.writer.is_closing() and not self.reader.at_eof()
+        return self.transport is not None and not self.transport.is_closing() and not self.proto.closed
 
     async def open(self) -> None:
         try:
-            self.reader, self.writer = await asyncio.open_connection(self.endpoint.host, self.endpoint.port)
+            self.transport, self.proto = await asyncio.get_running_loop().create_connection(
+                _Protocol, self.endpoint.host, self.endpoint.port)
         except OSError as err:
             raise RequestFailed("connect_error", f"{self.endpoint.url}: cannot connect "
                                                  f"({err.strerror or err})") from None
 
-    def send(self, method: str, path: str, payload: dict | bytes | None = None) -> float:
-        """Write the request (`payload`: a dict to encode as JSON, or the encoded bytes);
-        returns the loop time at which it was handed to the socket."""
+    def prepare(self, method: str, path: str, payload: dict | bytes | None = None) -> bytes:
+        """The bytes of a request about to be written (`payload`: a dict to encode as JSON,
+        or the encoded bytes); the connection now waits for its answer."""
         body = payload if payload is None or isinstance(payload, bytes) else \
             json.dumps(payload, separators=(",", ":")).encode()
         self.reusable = self.answered = False
-        self.writer.write(request_bytes(self.endpoint, method, path, body, self.api_key))
+        return request_bytes(self.endpoint, method, path, body, self.api_key)
+
+    def send(self, method: str, path: str, payload: dict | bytes | None = None) -> float:
+        """Write the request now; returns the loop time at which it was handed to the socket."""
+        self.transport.write(self.prepare(method, path, payload))
         return asyncio.get_running_loop().time()
 
-    async def _more(self) -> bool:
-        data = await self.reader.read(_READ)
-        self._buf += data
-        return bool(data)
-
-    async def _head(self, path: str) -> tuple[int, dict[str, str], bool]:
-        """Status, headers (lower-case names) and whether the connection stays open after the body."""
+    async def _exchange(self, path: str, result: StreamResult | None):
+        if self.proto is None:
+            raise RequestFailed("protocol_error", f"{self.endpoint.url}{path}: the connection is closed")
+        ex = _Exchange(self, path, result)
+        proto = self.proto
+        proto.exchange = ex
+        if proto.buf:
+            data, proto.buf = proto.buf, b""
+            ex.feed(data)
+        if proto.closed:
+            ex.eof(None)
         try:
-            while (end := self._buf.find(b"\r\n\r\n")) < 0:
-                if not await self._more():
-                    raise RequestFailed("protocol_error", f"{self.endpoint.url}{path}: the server closed the "
-                                                          "connection without a complete answer")
-            head, self._buf = self._buf[:end].decode("latin-1"), self._buf[end + 4:]
-            self.answered = True
-        except ConnectionError as err:
-            raise RequestFailed("protocol_error", f"{self.endpoint.url}{path}: {type(err).__name__}: {err}") from None
-        status_line, *lines = head.split("\r\n")
-        parts = status_line.split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-            raise RequestFailed("protocol_error", f"{self.endpoint.url}{path}: not an HTTP response "
-                                                  f"({status_line[:60]!r})")
-        headers = {}
-        for line in lines:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        keep = parts[0] == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
-        return int(parts[1]), headers, keep
-
-    async def _body(self, headers: dict[str, str]):
-        """The response body, block by block, whatever its framing; sets `_complete`."""
-        self._complete = False
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            while True:
-                while (eol := self._buf.find(b"\r\n")) < 0:
-                    if not await self._more():
-                        raise asyncio.IncompleteReadError(self._buf, None)
-                size = int(self._buf[:eol].split(b";", 1)[0].strip() or b"0", 16)
-                if size == 0:  # the last chunk, then trailer lines up to an empty one
-                    start = eol + 2
-                    while True:
-                        while (end := self._buf.find(b"\r\n", start)) < 0:
-                            if not await self._more():
-                                return
-                        if end == start:
-                            self._buf = self._buf[end + 2:]
-                            self._complete = True
-                            return
-                        start = end + 2
-                while len(self._buf) < eol + 2 + size + 2:
-                    if not await self._more():
-                        raise asyncio.IncompleteReadError(self._buf, None)
-                data, self._buf = self._buf[eol + 2: eol + 2 + size], self._buf[eol + 2 + size + 2:]
-                yield data
-        elif "content-length" in headers:
-            left = int(headers["content-length"])
-            while left > 0:
-                if not self._buf and not await self._more():
-                    raise asyncio.IncompleteReadError(b"", left)
-                data, self._buf = self._buf[:left], self._buf[left:]
-                left -= len(data)
-                yield data
-            self._complete = True
-        else:  # until the server closes
-            while True:
-                if self._buf:
-                    data, self._buf = self._buf, b""
-                    yield data
-                if not await self._more():
-                    return
+            out = await ex.future
+        finally:
+            ex._detach(b"")
+        self.reusable = ex.keep and ex.complete and not (self.proto is not None and self.proto.buf)
+        return out
 
     async def read_all(self, path: str) -> tuple[int, bytes]:
         """Status and whole body of a plain (not streamed) response."""
-        status, headers, keep = await self._head(path)
-        try:
-            body = b"".join([piece async for piece in self._body(headers)])
-        except (ConnectionError, ValueError, asyncio.IncompleteReadError) as err:
-            raise RequestFailed("protocol_error", f"{self.endpoint.url}{path}: {type(err).__name__}: {err}") from None
-        self.reusable = keep and self._complete
-        return status, body
+        return await self._exchange(path, None)
 
     async def stream(self, path: str, result: StreamResult) -> StreamResult:
         """Read a streamed completion into `result` (whose `sent` the caller set)."""
-        loop = asyncio.get_running_loop()
-        status, headers, keep = await self._head(path)
-        if status != 200:
-            body = b"".join([p async for p in self._body(headers)])
-            detail = " ".join(body.decode("utf-8", errors="replace").split())[:200]
-            raise RequestFailed("http_error", f"{self.endpoint.url}{path}: HTTP {status}: {detail}")
-        pending = b""
-        done = False
-        try:
-            async for piece in self._body(headers):
-                if done:
-                    continue  # after [DONE]: read the framing to its end, to keep the connection
-                pending += piece
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    if line.startswith(b"data:") and self._event(line[5:].strip(), result, loop, path):
-                        result.end = loop.time()
-                        done = True
-                        if "chunked" not in headers.get("transfer-encoding", "").lower() \
-                                and "content-length" not in headers:
-                            return result  # read-until-close: nothing more to wait for
-                        break
-            if not done and pending.startswith(b"data:"):
-                self._event(pending[5:].strip(), result, loop, path)
-        except (ConnectionError, ValueError, asyncio.IncompleteReadError) as err:
-            raise RequestFailed("protocol_error", f"{self.endpoint.url}{path}: {type(err).__name__}: {err}") from None
-        if not done:
-            result.end = loop.time()
-        self.reusable = keep and self._complete and not self._buf
-        return result
+        return await self._exchange(path, result)
 
     def _event(self, payload: bytes, result: StreamResult, loop, path: str) -> bool:
         """Take the payload of one SSE ``data:`` line; True at ``[DONE]``."""
@@ -269,10 +407,125 @@ class Connection:
         return False
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
         self.reusable = False
+
+
+class Sender:
+    """Writes requests at their due times from a thread of its own, so that a busy event
+    loop (reading streams, parsing JSON) does not delay them.
+
+    :meth:`send` hands the thread an open connection, the request and its due time (loop
+    clock, ``time.monotonic``); the thread sleeps until then, writes the request to a
+    duplicate of the connection's socket (so that a socket the loop closes meanwhile is
+    never confused with a new one on the same descriptor) and reports the send time back
+    to the loop, which reads the answer as usual. While it runs the interpreter's switch
+    interval is lowered (:data:`SWITCH_S`), so that the thread gets the GIL promptly from
+    a busy loop; :meth:`stop` restores it.
+    """
+
+    SWITCH_S = 2e-4
+    EARLY_S = 5e-4
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._jobs: list = []  # heap of [due, seq, fd, data, loop, future, writer]
+        self._seq = 0
+        self._stopped = False
+        self._switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch, self.SWITCH_S))
+        self._thread = threading.Thread(target=self._work, name="jaxalloc-loadtest-sender", daemon=True)
+        self._thread.start()
+
+    async def send(self, conn: Connection, when: float, method: str, path: str,
+                   payload: dict | bytes | None = None) -> float:
+        """Write the request on `conn` at `when` (loop clock); returns when it was handed to the socket."""
+        data = conn.prepare(method, path, payload)
+        loop = asyncio.get_running_loop()
+        sock = conn.transport.get_extra_info("socket")
+        if sock is None or when <= loop.time():
+            conn.transport.write(data)
+            return loop.time()
+        future = loop.create_future()
+        job = [when, 0, os.dup(sock.fileno()), data, loop, future, conn.transport]
+        with self._cond:
+            if self._stopped:
+                os.close(job[2])
+                conn.transport.write(data)
+                return loop.time()
+            self._seq += 1
+            job[1] = self._seq
+            heapq.heappush(self._jobs, job)
+            if self._jobs[0] is job:
+                self._cond.notify()
+        try:
+            return await future
+        except BaseException:
+            with self._cond:
+                job[3] = None  # not sent (or sent already): the thread leaves it
+            raise
+
+    def _work(self) -> None:
+        jobs, cond = self._jobs, self._cond
+        while True:
+            with cond:
+                while True:
+                    if self._stopped:
+                        return
+                    if jobs:
+                        wait = jobs[0][0] - time.monotonic() - self.EARLY_S
+                        if wait <= 0:
+                            job = heapq.heappop(jobs)
+                            break
+                        cond.wait(wait)
+                    else:
+                        cond.wait()
+                _, _, fd, data, loop, future, writer = job
+                job[3] = None  # taken: a cancellation from now on comes too late (harmless, on the duplicate)
+            if data is None:  # cancelled
+                os.close(fd)
+                continue
+            due = job[0]
+            while time.monotonic() < due:  # awake EARLY_S ahead, on a core: the OS's wake-up lag is spent already
+                pass
+            try:
+                n = os.write(fd, data)
+            except BlockingIOError:
+                n = 0
+            except OSError as err:
+                n, data = -1, err
+            sent = time.monotonic()
+            os.close(fd)
+            try:
+                if n < 0:
+                    loop.call_soon_threadsafe(_settle, future, None, data)
+                else:
+                    if n < len(data):  # the socket's buffer was full: the loop writes the rest
+                        loop.call_soon_threadsafe(writer.write, data[n:])
+                    loop.call_soon_threadsafe(_settle, future, sent, None)
+            except RuntimeError:  # the loop is closed
+                pass
+
+    def stop(self) -> None:
+        """End the thread (requests still waiting are not sent) and restore the switch interval."""
+        with self._cond:
+            self._stopped = True
+            for job in self._jobs:
+                os.close(job[2])
+            self._jobs.clear()
+            self._cond.notify()
+        self._thread.join()
+        sys.setswitchinterval(self._switch)
+
+
+def _settle(future: asyncio.Future, value, error) -> None:
+    if not future.done():
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
 
 
 def completion_body(model: str, prompt, *, max_tokens: int, min_tokens: int = 0, stop_token_ids=(),

@@ -13,7 +13,9 @@ Its **system time** is the end of the answer stream minus its scheduled arrival;
 
 One asyncio loop drives every query of a rate: a scheduler walks the arrivals in order
 and starts each query a little ahead of its arrival (`connect_ahead` seconds), which
-opens its connection and then writes the request at the arrival time. Rates run one
+takes (or opens) its connection and hands its first request to a sender thread
+(:class:`~jaxalloc.loadtest.client.Sender`) that writes it at the arrival time, however
+busy the loop is then. Rates run one
 after the other. A rate stops after its N requests have ended, or at its time limit:
 requests still running are then recorded as ``time_limit`` and arrivals not yet sent as
 ``not_sent``. Every failure is a record with a status other than ``ok``, counted in the
@@ -38,6 +40,7 @@ from .client import (
     Connection,
     Endpoint,
     RequestFailed,
+    Sender,
     StreamResult,
     complete,
     completion_body,
@@ -176,14 +179,21 @@ class _Run:
         self.t0 = 0.0
         self.expired: set[int] = set()
         self.idle: list[tuple[float, Connection]] = []  # kept-alive connections, by when they were freed
+        self._heads: dict[tuple, tuple[str, str]] = {}
+        self.sender: Sender | None = None  # writes the first request of each query on time, from its own thread
 
     def _body(self, prompt: str, *, max_tokens: int, min_tokens: int, stop: Sequence[int], seed: int) -> bytes:
         """The body of :func:`~jaxalloc.loadtest.client.completion_body`, prompt ids already as JSON text."""
-        head = completion_body(self.model, (), max_tokens=max_tokens, min_tokens=min_tokens, stop_token_ids=stop,
-                               temperature=self.temperature, seed=seed)
-        del head["prompt"]
-        text = json.dumps(head, separators=(",", ":"))
-        return f'{text[:-1]},"prompt":[{prompt}]}}'.encode()
+        key = (max_tokens, min_tokens, tuple(stop))
+        parts = self._heads.get(key)
+        if parts is None:  # the JSON text around the seed, once per kind of request
+            head = completion_body(self.model, (), max_tokens=max_tokens, min_tokens=min_tokens,
+                                   stop_token_ids=stop, temperature=self.temperature, seed=0)
+            del head["prompt"]
+            text = json.dumps(head, separators=(",", ":"))
+            pre, post = text[:-1].split('"seed":0', 1)
+            parts = self._heads[key] = (pre + '"seed":', post + ',"prompt":[')
+        return f"{parts[0]}{int(seed)}{parts[1]}{prompt}]}}".encode()
 
     async def _until(self, when: float) -> None:
         delay = when - asyncio.get_running_loop().time()
@@ -208,10 +218,13 @@ class _Run:
         connection that the server closed before answering is replaced by a new one, once,
         and the request written again there; the send time stays the first."""
         conn = slot[0]
-        if when is not None:
-            await self._until(when)
         result = StreamResult()
-        result.sent = conn.send("POST", "/completions", body)
+        if when is not None and self.sender is not None:
+            result.sent = await self.sender.send(conn, when, "POST", "/completions", body)
+        else:
+            if when is not None:
+                await self._until(when)
+            result.sent = conn.send("POST", "/completions", body)
         try:
             await conn.stream("/completions", result)
         except (RequestFailed, OSError) as err:
@@ -310,17 +323,22 @@ class _Run:
                 await self._until(when - self.connect_ahead)
                 tasks.add(loop.create_task(self.query(rec, k, when)))
 
+        self.sender = Sender()
         sched = loop.create_task(scheduler())
         try:
-            await asyncio.wait_for(asyncio.shield(sched), max(0.0, deadline - loop.time()))
-        except (TimeoutError, asyncio.TimeoutError):
-            sched.cancel()
-        running = [t for t in tasks if not t.done()]
-        if running:
-            await asyncio.wait(running, timeout=max(0.0, deadline - loop.time()))
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, sched, return_exceptions=True)
+            try:
+                await asyncio.wait_for(asyncio.shield(sched), max(0.0, deadline - loop.time()))
+            except (TimeoutError, asyncio.TimeoutError):
+                sched.cancel()
+            running = [t for t in tasks if not t.done()]
+            if running:
+                await asyncio.wait(running, timeout=max(0.0, deadline - loop.time()))
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, sched, return_exceptions=True)
+        finally:
+            self.sender.stop()
+            self.sender = None
         for _, conn in self.idle:
             conn.close()
         self.idle.clear()

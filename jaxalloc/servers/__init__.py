@@ -4,7 +4,7 @@
 |------------|---------------------------------|----------------------------------------------------|-----------|
 | `fifo`     | `servers` = c                   | c = 1: Pollaczek–Khinchine (the paper); c > 1: M/G/c, Lee–Longton | yes |
 | `priority` | `order` (names, or `"auto"`)    | non-preemptive priority M/G/1, Cobham              | no        |
-| `batching` | `max_batch` = B, `batch_slowdown` = β | state-dependent processor sharing, birth–death chain | yes |
+| `batching` | `max_batch` = B, `batch_slowdown` = β, `admission` = h | state-dependent processor sharing, birth–death chain | yes |
 
 The default server, when a profile has no `[server]` table, is one FIFO server:
 the paper's model, unchanged. Each kind lives in one module; :func:`make_server`
@@ -23,8 +23,8 @@ from .fifo import FIFO, erlang_c, pollaczek_khinchine_system_time, pollaczek_khi
 from .priority import Priority, priority_from_order
 
 KINDS: dict[str, type[Server]] = {"fifo": FIFO, "priority": Priority, "batching": Batching}
-PARAMETERS = {"fifo": ("servers",), "priority": ("order",), "batching": ("max_batch", "batch_slowdown")}
-SWEEPABLE = ("servers", "max_batch", "batch_slowdown")  # scalar parameters that can be sweep axes
+PARAMETERS = {"fifo": ("servers",), "priority": ("order",), "batching": ("max_batch", "batch_slowdown", "admission")}
+SWEEPABLE = ("servers", "max_batch", "batch_slowdown", "admission")  # scalar parameters that can be sweep axes
 
 
 def default_server(dtype=None) -> FIFO:
@@ -41,7 +41,7 @@ def make_server(kind: str, names: tuple[str, ...], *, dtype=None, size: int | No
     problem's task names; parameters by kind: `servers` (default 1);
     `order` (a list of task names, highest priority first, a comma-separated
     string, or "auto"; default: the profile's task order); `max_batch`
-    (required), `batch_slowdown` (default 0). `size`: the static size
+    (required), `batch_slowdown` (default 0), `admission` (seconds, default 0). `size`: the static size
     (largest `servers` / `max_batch` the instance may hold), default the
     value given. Raises :class:`ServerError` naming the field and value.
     """
@@ -63,12 +63,17 @@ def make_server(kind: str, names: tuple[str, ...], *, dtype=None, size: int | No
     if params.get("max_batch") is None:
         raise ServerError("server.max_batch: missing (kind \"batching\" needs max_batch; batch_slowdown defaults to 0)")
     b = whole_number("max_batch", params["max_batch"])
-    beta = params.get("batch_slowdown", 0.0)
-    beta = 0.0 if beta is None else beta
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
-        raise ServerError(f"server.batch_slowdown = {beta!r}: must be a finite number >= 0")
-    return Batching(max_batch=jnp.asarray(float(b), dtype), batch_slowdown=jnp.asarray(float(beta), dtype),
-                    size=max(b, size or 1))
+    beta, h = (_nonnegative(name, params.get(name)) for name in ("batch_slowdown", "admission"))
+    return Batching(max_batch=jnp.asarray(float(b), dtype), batch_slowdown=jnp.asarray(beta, dtype),
+                    admission=jnp.asarray(h, dtype), size=max(b, size or 1))
+
+
+def _nonnegative(field: str, value) -> float:
+    """A finite number >= 0 (None: 0), else :class:`ServerError` naming the field."""
+    value = 0.0 if value is None else value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ServerError(f"server.{field} = {value!r}: must be a finite number >= 0")
+    return float(value)
 
 
 def server_from_dict(table: Mapping[str, Any], names: tuple[str, ...], *, dtype=None) -> Server:

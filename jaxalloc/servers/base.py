@@ -5,7 +5,7 @@ array leaves (so `vmap` sweeps them and `grad` reaches them) and whose shape
 (kind, static sizes) is static. It answers, in JAX:
 
 - :meth:`Server.capacity`: the load λ E[S] (in seconds of batch-1 service per
-  second) at which its queue becomes unstable;
+  second) at which its queue becomes unstable, at arrival rate λ;
 - :meth:`Server.task_system_time`: the mean system time of each task type,
   given the arrival rate λ, the task shares π_k, and each type's mean service
   time t_k and second moment E[S_k²] (t_k² for the deterministic service of
@@ -48,7 +48,9 @@ class Server(eqx.Module):
     aggregate: ClassVar[bool] = False
     fields: ClassVar[tuple[str, ...]] = ()  # parameter names, as in profiles, flags and sweep axes
 
-    def capacity(self) -> Array:
+    def capacity(self, lam=None) -> Array:
+        """The largest stable load λ E[S] at arrival rate `lam` (most servers ignore
+        `lam`; a batching server with admission work needs it, see :mod:`.batching`)."""
         raise NotImplementedError
 
     def task_system_time(self, lam, prob, t, t2) -> Array:
@@ -72,7 +74,7 @@ class Server(eqx.Module):
 
     def stable(self, lam, m1) -> Array:
         """λ E[S] below :meth:`capacity` (eq. 4 for one server)."""
-        return lam * m1 < self.capacity()
+        return lam * m1 < self.capacity(lam)
 
     def searched(self) -> bool:
         """Whether the solvers are to choose part of this server (static), e.g. a

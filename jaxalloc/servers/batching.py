@@ -30,8 +30,27 @@ queue is stable iff a < r(B) (the capacity). From the chain, by Little's law,
   error against simulation is measured in the tests and stated in
   docs/servers.md.
 
+**Admission** (h = `admission`, seconds per query, default 0). Each query also
+costs h seconds of server time that the batch does not share: its requests'
+HTTP handling, scheduling and prompt prefill, during which no running request
+advances (measured on a real vLLM by the churn rounds of ``calibrate
+batching``). h is part of the batch-1 service time t_k (t0 includes it); the
+rest, D_k = t_k − h, is decode work shared as above. Admissions arrive at rate
+λ and take the fraction u = λh of the server's time, so decode runs at
+(1 − u) r(m): the chain above is taken on the decode work alone, with load
+a = λ E[D]/(1 − u), and each query adds its own h, unstretched:
+
+    E[T_k] = h + E[W] + (t_k − h) · E[min(N, B)]/(λ E[D]),
+
+with E[W] the chain's wait with (E[D], E[D²]). The queue is stable iff
+λ E[D] < (1 − λh) r(B), that is λ E[S] < (1 − λh) r(B) + λh: the capacity
+depends on λ (:meth:`Batching.capacity`). h = 0 is the model above, unchanged.
+This treats the stalls as a capacity loss spread evenly over time (a
+vacation-style approximation: they come in bursts of h at arrivals); its error
+against a real server is measured in docs/servers.md.
+
 E[T] depends on the budgets through (E[S], E[S²]) only: this server is
-aggregate, and differentiable in ℓ, λ and β (B is an integer: no derivative).
+aggregate, and differentiable in ℓ, λ, β and h (B is an integer: no derivative).
 """
 
 from __future__ import annotations
@@ -122,43 +141,61 @@ class Batching(Server):
     """Continuous batching of up to `max_batch` requests with slowdown `batch_slowdown`.
 
     **Fields:** `max_batch` (B ≥ 1, integer-valued array leaf), `batch_slowdown`
-    (β ≥ 0, array leaf); `size` (static): the chain states summed term by
+    (β ≥ 0, array leaf), `admission` (h ≥ 0 seconds of unshared work per query,
+    array leaf, default 0); `size` (static): the chain states summed term by
     term, at least B (the largest B this instance may hold).
     """
 
     kind: ClassVar[str] = "batching"
     aggregate: ClassVar[bool] = True
-    fields: ClassVar[tuple[str, ...]] = ("max_batch", "batch_slowdown")
+    fields: ClassVar[tuple[str, ...]] = ("max_batch", "batch_slowdown", "admission")
 
     max_batch: Array = eqx.field(converter=jnp.asarray)
     batch_slowdown: Array = eqx.field(converter=jnp.asarray)
+    admission: Array = eqx.field(converter=jnp.asarray, default=0.0)
     size: int = eqx.field(static=True, default=1)
 
-    def capacity(self) -> Array:
-        return batch_rate(lax.stop_gradient(self.max_batch), self.batch_slowdown)
+    def capacity(self, lam=None) -> Array:
+        """The largest stable λ E[S]: (1 − λh) r(B) + λh (module docstring); r(B) when h = 0
+        or `lam` is None (the bound as λh → 0)."""
+        full = batch_rate(lax.stop_gradient(self.max_batch), self.batch_slowdown)
+        if lam is None:
+            return full
+        stall = lam * self.admission  # u = λh, the share of time spent admitting
+        return (1.0 - stall) * full + stall
 
     def _parts(self, lam, m1, m2):
-        """(stable, wait E[W_q], stretch E[min(N,B)]/a): the FIFO wait before a
-        request joins the batch and the factor by which its time in the batch
-        exceeds its batch-1 service time."""
+        """(stable, wait E[W_q], stretch, h): the FIFO wait before a request joins the
+        batch, the factor by which its decode time in the batch exceeds its batch-1
+        decode time t_k − h, and the admission h it adds unstretched."""
+        h = self.admission
         m1 = jnp.maximum(m1, SHORTEST_SERVICE)  # t0 = 0 at ℓ = 0: E[S] = E[S²] = 0, no 0/0
-        load = lam * m1
-        stable = load < self.capacity()
-        safe = jnp.where(stable, load, 0.5 * self.capacity())
+        d1 = jnp.maximum(m1 - h, SHORTEST_SERVICE)  # E[D], D = S − h: the shared decode work
+        d2 = jnp.maximum(m2 - 2.0 * h * m1 + h * h, d1 * d1)  # E[D²] = E[S²] − 2h E[S] + h²
+        free = 1.0 - lam * h  # 1 − u: the share of time the batch advances
+        full = batch_rate(lax.stop_gradient(self.max_batch), self.batch_slowdown)
+        load = lam * d1 / jnp.where(free > 0, free, 1.0)  # a = λ E[D]/(1 − u)
+        stable = (free > 0) & (load < full)
+        safe = jnp.where(stable, load, 0.5 * full)
         B = lax.stop_gradient(self.max_batch)
         in_service, waiting = chain_moments(safe, B, jnp.broadcast_to(self.batch_slowdown, B.shape), self.size)
-        factor = m2 / (2.0 * m1 * m1)  # (1 + c_s²)/2, Allen–Cunneen
+        factor = d2 / (2.0 * d1 * d1)  # (1 + c_s²)/2 of the decode work, Allen–Cunneen
         wait = factor * waiting / lam
-        return stable, jnp.where(stable, wait, jnp.inf), jnp.where(stable, in_service / safe, jnp.inf)
+        stretch = in_service / (lam * jnp.where(stable, d1, 1.0))  # E[min(N, B)]/(λ E[D])
+        return stable, jnp.where(stable, wait, jnp.inf), jnp.where(stable, stretch, jnp.inf), h
 
     def delay(self, lam, m1, m2) -> Array:
-        _, wait, stretch = self._parts(lam, m1, m2)
-        return wait + stretch * m1
+        _, wait, stretch, h = self._parts(lam, m1, m2)
+        return h + wait + stretch * (jnp.maximum(m1, SHORTEST_SERVICE) - h)
 
     def task_system_time(self, lam, prob, t, t2) -> Array:
         m1, m2 = jnp.sum(prob * t, -1), jnp.sum(prob * t2, -1)
-        _, wait, stretch = self._parts(lam, m1, m2)
-        return wait[..., None] + stretch[..., None] * t
+        _, wait, stretch, h = self._parts(lam, m1, m2)
+        h = jnp.asarray(h)[..., None]
+        return h + wait[..., None] + stretch[..., None] * (t - h)
+
+    def stable(self, lam, m1) -> Array:
+        return lam * m1 < self.capacity(lam)
 
     def check(self, names) -> None:
         b = whole_number("max_batch", self.max_batch)
@@ -168,3 +205,6 @@ class Batching(Server):
         beta = float(self.batch_slowdown)
         if not (beta >= 0 and beta < float("inf")):
             raise ServerError(f"server.batch_slowdown = {beta:g}: must be a finite number >= 0")
+        h = float(self.admission)
+        if not (h >= 0 and h < float("inf")):
+            raise ServerError(f"server.admission = {h:g}: must be a finite number of seconds >= 0")

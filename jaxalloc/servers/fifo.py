@@ -87,7 +87,7 @@ class FIFO(Server):
     servers: Array = eqx.field(converter=jnp.asarray, default=1.0)
     size: int = eqx.field(static=True, default=1)
 
-    def capacity(self) -> Array:
+    def capacity(self, lam=None) -> Array:
         return self.servers
 
     def mean_wait(self, lam, m1, m2) -> Array:

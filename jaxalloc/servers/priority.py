@@ -50,7 +50,7 @@ class Priority(Server):
     rank: Array = eqx.field(converter=jnp.asarray)
     auto: bool = eqx.field(static=True, default=False)
 
-    def capacity(self) -> Array:
+    def capacity(self, lam=None) -> Array:
         return jnp.ones((), jnp.result_type(self.rank))
 
     def task_system_time(self, lam, prob, t, t2) -> Array:

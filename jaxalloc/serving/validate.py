@@ -3,12 +3,16 @@
 :func:`validate` does what docs/guide.md tells an operator to do, on a running
 OpenAI-compatible server:
 
-1. ``calibrate measure --backend openai``: service times at a few exact budgets;
-2. ``calibrate batching``: the decode step time against concurrency (β, B);
+1. ``calibrate batching``: the decode step time against concurrency (β, B) and
+   the churn rounds (the admission h);
+2. ``calibrate measure --backend openai``: service times at a few exact budgets
+   (after the batching rounds, so that they are measured nearest the loads);
 3. ``calibrate fit --server``: a profile with that ``[server]`` table;
-4. ``loadtest`` at given loads, each named by the ρ that the paper's single FIFO
+4. ``solve``: the profile's optimal budgets (printed; the loads below use fixed
+   `budgets`, so that the tasks differ in length whatever the model's accuracy);
+5. ``loadtest`` at given loads, each named by the ρ that the paper's single FIFO
    server would have there (ρ = λ E[S] at the chosen budgets, so ρ > 1 is a
-   load that model calls unstable),
+   load that model calls unstable), printing the table ``jaxalloc loadtest`` prints,
 
 and returns, per load, the measured mean system time beside the calibrated
 batching model's and the single FIFO server's predictions, overall and per task.
@@ -34,7 +38,7 @@ def _cli(argv: list[str]) -> None:
 
 def validate(base_url: str, model_dir: str, data: Mapping[str, str], workdir, *, served_model: str = "tiny-qwen3",
              budgets: Sequence[int] = (32, 160), loads: Sequence[float] = (0.3, 2.0, 5.0),
-             requests: Sequence[int] = (40, 200, 250), answer_tokens: int = 16, samples: int = 4,
+             requests: Sequence[int] = (40, 200, 250), answer_tokens: int = 16, samples: int = 8,
              concurrency: str = "1,2,4,8,16,32,48", seed: int = 0,
              progress: Callable[[str], None] | None = None) -> dict:
     """Run the recipe against the server at `base_url` and load it at `loads`.
@@ -59,17 +63,25 @@ def validate(base_url: str, model_dir: str, data: Mapping[str, str], workdir, *,
     common = ["--base-url", base_url, "--served-model", served_model]
     tasks = [a for name, path in data.items() for a in ("--task", f"{name}={path}")]
     levels = sorted({0, *map(int, budgets)})
+    # batching first, then the service times: t_k, measured last, are the nearest in time to the loads.
+    # On a shared virtual machine the host's speed drifts within minutes (one run measured 8.7 ms a
+    # thinking token in calibrate measure, then 10.9 ms at light load), and every prediction scales with t_k
+    say("calibrate batching")
+    _cli(["calibrate", "batching", *common, "--concurrency", concurrency, "--tokens", "256", "--repeats", "2",
+          "--out", str(table)])
     say("calibrate measure")
     _cli(["calibrate", "measure", "--backend", "openai", *common, "--model", str(model_dir), *tasks,
           "--samples", str(samples), "--repeats", "1", "--answer-tokens", str(answer_tokens),
           "--budgets", ",".join(map(str, levels)), "--out", str(measured), "--no-progress"])
-    say("calibrate batching")
-    _cli(["calibrate", "batching", *common, "--concurrency", concurrency, "--tokens", "128", "--out", str(table)])
     say("calibrate fit")
     _cli(["calibrate", "fit", str(measured), "--server", str(table), "--arrival-rate", "1",
           "--max-tokens", str(max(levels) + 1), "--out", str(profile)])
+    say("solve")
+    _cli(["solve", str(profile)])
     problem = ja.load_profile(str(profile))
     import numpy as np
+
+    from ..loadtest.summary import format_summary
 
     t = np.asarray(problem.t0) + np.asarray(problem.c) * np.asarray(budgets, float)
     mean_service = float(np.sum(np.asarray(problem.prob) * t))
@@ -80,6 +92,7 @@ def validate(base_url: str, model_dir: str, data: Mapping[str, str], workdir, *,
         result = ja.loadtest(problem, base_url=base_url, served_model=served_model, tokenizer_dir=str(model_dir),
                              rates=[rate], requests=int(n), budgets=list(budgets), answer_tokens=answer_tokens,
                              seed=seed + i)
+        say(format_summary(result, title=f"jaxalloc loadtest: {profile.name} ({problem.num_tasks} tasks)"))
         rows.append({"rho_fifo": float(rho), "rate": rate, "summary": result.summary[0]})
     out = {"profile": str(profile), "server": table.read_text(), "budgets": list(map(int, budgets)),
            "mean_service_s": mean_service, "rows": rows}

@@ -15,9 +15,10 @@ in :data:`THEORY_NAMES`); nothing else dispatches on the kind.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
-from ..servers import FIFO, Batching, Priority, Server
+from ..servers import FIFO, Batching, Priority, Server, ServerError
 from .batching import batching_core
 from .core import Raw, Stats
 from .fifo import fifo_core
@@ -41,7 +42,13 @@ def _lookup(table, server: Server):
 
 
 def core_for(server: Server):
-    """The simulation core of `server`'s discipline."""
+    """The simulation core of `server`'s discipline (a batching server's admission
+    stalls are not simulated: a server with admission > 0 is refused, naming it)."""
+    admission = getattr(server, "admission", None)
+    if admission is not None and not isinstance(admission, jax.core.Tracer) and np.any(np.asarray(admission) > 0):
+        raise ServerError(f"server.admission = {float(np.max(np.asarray(admission))):g}: the simulator does not "
+                          "model admission stalls (simulate with admission = 0, or check the model against a real "
+                          "server with jaxalloc loadtest)")
     return _lookup(CORES, server)
 
 

@@ -46,7 +46,7 @@ class FixedPoint(eqx.Module):
     def __call__(self, problem: Problem, start=None):
         tol = resolve_tol(self.tol, problem.A.dtype)
         lam = problem.arrival_rate
-        capacity = problem.server.capacity()
+        capacity = problem.server.capacity(lam)
         ell0 = jnp.zeros_like(problem.A) if start is None else start
         dtype = ell0.dtype
 

@@ -135,7 +135,7 @@ class AggregateNewton(eqx.Module):
         E[S] between its value at ℓ = 0 and 90% of the way to capacity/λ from m
         (1/λ for one server),
         E[S²] ≥ max(its value at ℓ = 0, E[S]²) (Jensen)."""
-        m1 = jnp.clip(m[0] + t * delta[0], floor[0], m[0] + 0.9 * (problem.server.capacity() / problem.arrival_rate - m[0]))
+        m1 = jnp.clip(m[0] + t * delta[0], floor[0], m[0] + 0.9 * (problem.server.capacity(problem.arrival_rate) / problem.arrival_rate - m[0]))
         m2 = jnp.maximum(m[1] + t * delta[1], jnp.maximum(floor[1], m1 * m1))
         return jnp.stack([m1, m2])
 

@@ -107,7 +107,7 @@ def prepare(problem: Problem, fields: dict) -> _Batch:
     eps = jnp.finfo(S.dtype).eps
     delta = eps * eps * jnp.min(b / c, axis=0)
     return _Batch(lam, S, S + b * t0 / c, b / c, 1.0 / b, c, t0, pi, top, floor, scale, server,
-                  server.capacity(), delta)
+                  server.capacity(lam), delta)
 
 
 def response(k: _Batch, m):
