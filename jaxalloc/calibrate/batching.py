@@ -647,9 +647,9 @@ def server_text(fit: BatchingFit, source: str = "") -> str:
         if churn.admission_s < 0:
             head.append(f"# h came out negative ({1e3 * churn.admission_s:.4g} ms): written as 0.")
     head.append("# Add this table to a profile, or: jaxalloc calibrate fit MEASUREMENTS --server THIS_FILE")
-    lines = [ln for ln in server_to_toml(server, ()) if ln]
-    if churn is None:  # not measured: leave the field out (it defaults to 0) rather than claim a 0
-        lines = [ln for ln in lines if not ln.startswith("admission =")]
+    lines = [ln for ln in server_to_toml(server, ()) if ln]  # admission left out when 0 (its default)
+    if churn is not None and not any(ln.startswith("admission =") for ln in lines):
+        lines.append("admission = 0.0")  # measured as 0 (h < 0 clamped): said, not left to the default
     return "\n".join(head + lines) + "\n"
 
 

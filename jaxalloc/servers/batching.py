@@ -197,6 +197,14 @@ class Batching(Server):
     def stable(self, lam, m1) -> Array:
         return lam * m1 < self.capacity(lam)
 
+    def describe(self, names: tuple[str, ...]) -> dict:
+        """As :meth:`Server.describe`, without `admission` when it is 0: outputs, profiles and sweep
+        fingerprints of a server without admission stay what they were before the field existed."""
+        desc = super().describe(names)
+        if desc["admission"] == 0:
+            del desc["admission"]
+        return desc
+
     def check(self, names) -> None:
         b = whole_number("max_batch", self.max_batch)
         if b > self.size:
