@@ -297,7 +297,10 @@ def test_ctrl_c_in_a_real_process():
     import time
 
     argv = ["simulate", "--queries", "1000000", "--replications", "200"]
-    code = ("import sys; from jaxalloc.cli import entry; print('ready', file=sys.stderr, flush=True); "
+    # Python's SIGINT handler installed in the child: a test run started as a background job (`cmd &`)
+    # has SIGINT ignored, the child inherits that, and Python then installs no handler of its own
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from jaxalloc.cli import entry; print('ready', file=sys.stderr, flush=True); "
             f"sys.argv[1:] = {argv!r}; entry()")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, JAX_PLATFORMS="cpu"))
@@ -359,7 +362,19 @@ def test_plot_help_does_not_ask_for_an_extra(capsys):
     assert "jaxalloc[plots]" not in help_text
 
 
-def test_ctrl_c_lost_in_a_finaliser_is_raised_again(monkeypatch):
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler, as in a foreground run, restored after the test: a test run
+    started as a background job (`cmd &`) has SIGINT ignored, and then no interrupt reaches the
+    main thread at all."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_lost_in_a_finaliser_is_raised_again(monkeypatch, python_sigint):
     """A KeyboardInterrupt raised where Python cannot raise (a __del__, as in JAX's
     garbage-collection callbacks) reaches the main thread instead of being ignored."""
     import gc
