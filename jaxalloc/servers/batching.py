@@ -173,7 +173,7 @@ class Batching(Server):
         d1 = jnp.maximum(m1 - h, SHORTEST_SERVICE)  # E[D], D = S − h: the shared decode work
         d2 = jnp.maximum(m2 - 2.0 * h * m1 + h * h, d1 * d1)  # E[D²] = E[S²] − 2h E[S] + h²
         free = 1.0 - lam * h  # 1 − u: the share of time the batch advances
-        full = batch_rate(lax.stop_gradient(self.max_batch), self.batch_slowdown)
+        full = self.capacity()  # r(B)
         load = lam * d1 / jnp.where(free > 0, free, 1.0)  # a = λ E[D]/(1 − u)
         stable = (free > 0) & (load < full)
         safe = jnp.where(stable, load, 0.5 * full)
@@ -181,7 +181,7 @@ class Batching(Server):
         in_service, waiting = chain_moments(safe, B, jnp.broadcast_to(self.batch_slowdown, B.shape), self.size)
         factor = d2 / (2.0 * d1 * d1)  # (1 + c_s²)/2 of the decode work, Allen–Cunneen
         wait = factor * waiting / lam
-        stretch = in_service / (lam * jnp.where(stable, d1, 1.0))  # E[min(N, B)]/(λ E[D])
+        stretch = in_service / (lam * d1)  # E[min(N, B)]/(λ E[D]); d1 > 0 always
         return stable, jnp.where(stable, wait, jnp.inf), jnp.where(stable, stretch, jnp.inf), h
 
     def delay(self, lam, m1, m2) -> Array:
@@ -193,9 +193,6 @@ class Batching(Server):
         _, wait, stretch, h = self._parts(lam, m1, m2)
         h = jnp.asarray(h)[..., None]
         return h + wait[..., None] + stretch[..., None] * (t - h)
-
-    def stable(self, lam, m1) -> Array:
-        return lam * m1 < self.capacity(lam)
 
     def describe(self, names: tuple[str, ...]) -> dict:
         """As :meth:`Server.describe`, without `admission` when it is 0: outputs, profiles and sweep
