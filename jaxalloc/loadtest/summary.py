@@ -66,7 +66,8 @@ def summarize(problem, names: Sequence[str], budgets: Sequence[int], schedule, r
     each entry with ``n, sent, ok, failed, not_sent, failures, budget, mean_s, p50_s,
     p95_s`` (measured over the ``ok`` records; None without one), ``predicted_s`` and
     ``error`` (the profile's server), ``predicted_fifo_s`` and ``error_fifo`` (one FIFO
-    server); the overall prediction is weighted by the tasks' answered counts (:func:`_mixed`). A prediction is +inf where that model's queue is unstable at the rate, and
+    server); the overall prediction is weighted by the tasks' answered counts (:func:`_mixed`).
+    A prediction is +inf where that model's queue is unstable at the rate, and
     its relative error (measured − predicted) / predicted is then None (n/a).
     """
     pred = predictions(problem, budgets, schedule.rate, schedule.prob)
