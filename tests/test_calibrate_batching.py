@@ -47,6 +47,7 @@ from jaxalloc.calibrate.batching import (
     measure_batching,
     measure_churn,
     prompt_ids,
+    queued_streams,
     running_at_once,
     server_text,
     step_time,
@@ -194,6 +195,24 @@ def test_running_at_once_counts_at_midpoints():
     assert running_at_once([(0, 10), (0.1, 10.2), (0.2, 9.9)]) == 3
     # two waves of two that touch at the edges (jitter): never three at once
     assert running_at_once([(0, 1), (0, 1.01), (1.0, 2), (1.005, 2)]) == 2
+
+
+def test_queued_streams_are_those_that_started_after_a_finish():
+    # a cap of 2: the third starts when the first finishes
+    assert queued_streams([(0, 1), (0.01, 1.02), (1.005, 2)]) == 1
+    # staggered starts that still overlap (the CI run that saw 7 of 8 at once): none queued
+    spans = [(0.0, 1.0)] + [(0.55 + 0.01 * i, 1.6) for i in range(7)]
+    assert running_at_once(spans) == 7 and queued_streams(spans) == 0
+
+
+def test_a_level_short_of_streams_without_a_queued_one_is_no_cap():
+    rounds = [Round(m, 0, (0.002 * (1 + 0.05 * (m - 1)),), m, 64, 0.0, (), 0) for m in (1, 2, 4)]
+    late = Round(8, 0, (0.002 * 1.35,), 7, 64, 0.0, (), 0)
+    fit = fit_batching([*rounds, late])
+    assert fit.max_batch == 8 and fit.max_batch_source == "lower bound" and fit.fitted_levels == (1, 2, 4, 8)
+    waited = late._replace(queued=1)
+    fit = fit_batching([*rounds, waited])
+    assert fit.max_batch == 7 and fit.max_batch_source == "observed" and fit.fitted_levels == (1, 2, 4)
 
 
 def _synthetic(levels, beta, noise, rng, repeats=1, tau1=0.002, cap=None):

@@ -20,6 +20,7 @@ from jaxalloc.cli import main
 from jaxalloc.loadtest import LoadtestError, poisson_schedule, predictions, read_trace
 from jaxalloc.loadtest.client import chunk_token_ids, parse_base_url
 from jaxalloc.loadtest.run import Record
+from jaxalloc.loadtest.summary import format_summary
 
 
 class StubServer:
@@ -217,6 +218,52 @@ def test_predictions_of_another_server():
     expected = ja.task_system_time(problem.replace(arrival_rate=lam), np.asarray(budgets, float))
     assert pred["server"]["tasks"] == pytest.approx(np.asarray(expected).tolist(), rel=1e-12)
     assert pred["server"]["stable"] and not pred["fifo"]["stable"]  # 3/s is beyond one server's capacity
+
+
+@pytest.mark.parametrize("kind", ["fifo", "batching"])
+def test_scaled_times_scale_the_predictions(kind):
+    """Every time of a model s times longer and the rate 1/s: a queue in time units s times
+    longer, so every mean system time is s times the original (an independent identity)."""
+    from jaxalloc.loadtest.predict import scale_times
+
+    server = (ja.make_server("batching", ("GSM8K", "ARC-Challenge"), max_batch=4, batch_slowdown=0.1,
+                             admission=0.02) if kind == "batching" else None)
+    problem = two_tasks(**({"server": server} if server is not None else {}))
+    budgets, lam, s = [60, 30], 0.9, 1.7
+    base = predictions(problem, budgets, lam)
+    scaled = predictions(scale_times(problem, s), budgets, lam / s)
+    for model in ("server", "fifo"):
+        assert scaled[model]["tasks"] == pytest.approx([s * x for x in base[model]["tasks"]], rel=1e-10)
+    if kind == "batching":
+        assert float(scale_times(problem, s).server.admission) == pytest.approx(0.034)
+
+
+def test_baseline_scales_the_predictions_by_the_host_speed(tokenizer_dir, eos):
+    from jaxalloc.loadtest.predict import scale_times
+
+    problem = two_tasks()  # t = 0.15 + 0.014 ℓ and 0.06 + 0.012 ℓ: slower than the stub (0.01 s a token)
+    with StubServer(eos=eos, delay=0.01) as stub:
+        result = ja.loadtest(problem, base_url=stub.url, tokenizer_dir=tokenizer_dir, rates=[2.0], requests=4,
+                             budgets=[20, 4], answer_tokens=8, baseline=2)
+        sent = len(stub.bodies)
+    b = result.summary[0]["baseline"]
+    assert b["per_task"] == 2 and sent == 1 + 2 * 2 * 2 + 4 * 2  # the probe, the baseline, the load: 2 requests a query
+    # 20 + 4 and 4 + 4 tokens at 10 ms (the stub's sleeps overshoot by a little)
+    assert 0.24 <= b["measured_s"]["GSM8K"] <= 0.24 * 1.3 and 0.08 <= b["measured_s"]["ARC-Challenge"] <= 0.08 * 1.3
+    assert b["profile_s"] == pytest.approx({"GSM8K": 0.15 + 0.28, "ARC-Challenge": 0.06 + 0.048})
+    pi = np.array([0.25, 0.75])
+    m, t = np.array(list(b["measured_s"].values())), np.array(list(b["profile_s"].values()))
+    assert b["time_scale"] == pytest.approx(pi @ m / (pi @ t), rel=1e-12) and 0.5 < b["time_scale"] < 0.8
+    s = result.summary[0]
+    pred = predictions(scale_times(problem, b["time_scale"]), [20, 4], 2.0)
+    assert s["tasks"]["GSM8K"]["predicted_s"] == pytest.approx(pred["server"]["tasks"][0], rel=1e-12)
+    calibrated = predictions(problem, [20, 4], 2.0)
+    came = np.array([s["tasks"][n]["ok"] for n in ("GSM8K", "ARC-Challenge")]) / s["ok"]
+    assert b["as_calibrated"]["predicted_s"] == pytest.approx(float(came @ calibrated["server"]["tasks"]), rel=1e-12)
+    text = format_summary(result)
+    assert f"times × {b['time_scale']:.3f}" in text and "as calibrated" in text
+    with pytest.raises(LoadtestError, match="--baseline = -1"):
+        ja.loadtest(problem, base_url=stub.url, tokenizer_dir=tokenizer_dir, rates=[2.0], requests=4, baseline=-1)
 
 
 # ------------------------------------------------------------------ the client

@@ -25,9 +25,15 @@ OpenAI-compatible server (vLLM, SGLang) and fits β and B:
   came after: far from the edges, so arrival jitter does not count a stream
   twice. A server that runs only B at once starts the others when the first ones
   finish, so a level m > B shows B.
+- **Queued** (:func:`queued_streams`): the streams whose first chunk came after
+  another stream of the round had finished. A server that runs only B at once
+  holds the others back until the first ones finish, so a level m > B has
+  m − B of them; a stream merely started late (a busy client, prefills in
+  turn) still overlaps the others and does not count. One CI run on a loaded
+  host saw 7 of 8 streams decoding together with none queued: not a cap.
 - **B** (:func:`fit_batching`): `max_batch` if given; else, when some level ran
-  fewer than it sent, the most seen running at once (``observed``); else the
-  largest level, a lower bound (``lower bound``).
+  fewer than it sent *and* had a queued stream, the most seen running at once
+  (``observed``); else the largest level, a lower bound (``lower bound``).
 - **β**: τ(m) = a + s(m − 1) by least squares on the levels m ≤ B, one point per
   level: τ(m), the median step time over all streams of all its rounds (with three
   or more rounds, a round spoiled by a busy machine does not move it), β = s/a. Weighted by 1/τ̂(m)² (iterated, with τ̂
@@ -91,8 +97,10 @@ MIN_LEVELS = 3  # distinct m ≤ B for a finite interval (a line has 2 parameter
 class Round(NamedTuple):
     """One round at one concurrency: `concurrency` m, `repeat`, the steady-state step time of
     each stream (`step_s`, seconds per token), the most streams seen running at once
-    (`running`), tokens per stream, the round's wall time and each stream's time to its
-    first token (`first_token_s`: the prefills of requests that arrive together queue)."""
+    (`running`), tokens per stream, the round's wall time, each stream's time to its
+    first token (`first_token_s`: the prefills of requests that arrive together queue) and
+    the streams that waited for a slot (`queued`, :func:`queued_streams`; None when not
+    measured: `running` < m alone then counts as a cap)."""
 
     concurrency: int
     repeat: int
@@ -101,6 +109,7 @@ class Round(NamedTuple):
     tokens: int
     wall_s: float
     first_token_s: tuple[float, ...] = ()
+    queued: int | None = None
 
     @property
     def median_s(self) -> float:
@@ -150,6 +159,12 @@ def running_at_once(spans: Sequence[tuple[float, float]]) -> int:
     """The most streams decoding together: at each stream's midpoint, how many
     ``(first chunk, last chunk)`` spans contain it (see the module docstring)."""
     return max((sum(1 for a, b in spans if a <= (s + e) / 2 <= b) for s, e in spans), default=0)
+
+
+def queued_streams(spans: Sequence[tuple[float, float]]) -> int:
+    """The streams whose first chunk came after another stream's last chunk: they waited for
+    a batch slot (see the module docstring). `spans` as for :func:`running_at_once`."""
+    return sum(1 for i, (a, _) in enumerate(spans) if any(e < a for j, (_, e) in enumerate(spans) if j != i))
 
 
 def run_threads(work: Callable[[int], None], m: int) -> float:
@@ -209,8 +224,9 @@ def measure_round(backend, m: int, *, tokens: int, prompt: Sequence[int], skip: 
             raise CalibrationError(f"--tokens = {tokens}: the server returned {len(s.token_ids)} tokens for "
                                    f"max_tokens = min_tokens = {tokens}: does it support min_tokens (as vLLM)?")
     steps = tuple(step_time(s.arrivals, tokens, skip) for s in streams)
-    running = running_at_once([(s.arrivals[0][0], s.arrivals[-1][0]) for s in streams])
-    return Round(m, repeat, steps, running, tokens, wall, tuple(float(s.ttft_s) for s in streams))
+    spans = [(s.arrivals[0][0], s.arrivals[-1][0]) for s in streams]
+    return Round(m, repeat, steps, running_at_once(spans), tokens, wall, tuple(float(s.ttft_s) for s in streams),
+                 queued_streams(spans))
 
 
 def measure_batching(backend, concurrency: Sequence[int] = DEFAULT_CONCURRENCY, *, tokens: int = 256,
@@ -524,7 +540,7 @@ class BatchingFit:
             "max_batch": self.max_batch, "max_batch_source": self.max_batch_source,
             "observed_batch": self.observed_batch, "server": self.server_table(),
             "rounds": [{"concurrency": r.concurrency, "repeat": r.repeat, "step_ms": [1e3 * s for s in r.step_s],
-                        "running": r.running, "tokens": r.tokens, "wall_s": r.wall_s,
+                        "running": r.running, "queued": r.queued, "tokens": r.tokens, "wall_s": r.wall_s,
                         "first_token_ms": [1e3 * s for s in r.first_token_s]} for r in self.rounds],
             "churn": None if self.churn is None else {
                 **self.churn.report(), "requests_per_query": self.requests_per_query,
@@ -556,6 +572,12 @@ def _line_fit(m: np.ndarray, y: np.ndarray, iterations: int = 20) -> tuple[np.nd
     return coef, cov, df
 
 
+def capped(rounds: Sequence[Round]) -> bool:
+    """Whether the rounds of one level show the server's cap: fewer running at once than sent,
+    with a stream that waited for a slot (:func:`queued_streams`) in such a round."""
+    return any(r.running < r.concurrency and (r.queued is None or r.queued > 0) for r in rounds)
+
+
 def fit_batching(rounds: Sequence[Round], *, max_batch: int | None = None, level: float = 0.95,
                  churn: Sequence[ChurnRound] | None = None,
                  requests_per_query: int = REQUESTS_PER_QUERY) -> BatchingFit:
@@ -583,7 +605,7 @@ def fit_batching(rounds: Sequence[Round], *, max_batch: int | None = None, level
     observed = max(running)
     if max_batch is not None:
         batch, source = int(max_batch), "given"
-    elif any(r < m for m, r in zip(levels, running)):
+    elif any(capped(at[m]) for m in levels):
         batch, source = observed, "observed"
     else:
         batch, source = max(levels), "lower bound"
@@ -654,7 +676,7 @@ def server_text(fit: BatchingFit, source: str = "") -> str:
 
 
 def _batch_words(fit: BatchingFit) -> str:
-    over = [m for m, r in zip(fit.levels, fit.running) if r < m]
+    over = [m for m in fit.levels if capped([r for r in fit.rounds if r.concurrency == m])]
     if fit.max_batch_source == "given":
         return f"given by --max-batch; the server was seen running at most {fit.observed_batch} at once"
     if fit.max_batch_source == "observed":

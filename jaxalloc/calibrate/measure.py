@@ -19,6 +19,7 @@ partial file already holds every budget of the first repeat.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import sys
@@ -126,8 +127,12 @@ def measure(backend: Backend, tokenizer, fmt: ThinkingFormat, tasks: Mapping[str
     write_settings(out, fingerprint)
     metadata = {METADATA_KEY: settings_document(fingerprint)}  # Parquet: also inside the file
     done = resume_keys(out)
-    todo = [(r, b, item) for r in range(repeats) for b in budgets for items in tasks.values() for item in items
-            if (item.task, b, r, item.id) not in done]
+    # item by item, each item's budgets in turn, the turn rotated from one item to the next: a host whose
+    # speed drifts during the run slows every budget alike (budget by budget, it would bend t(ℓ) = t0 + cℓ),
+    # and the first visit of a prompt (no prefix cached yet) falls on every budget as often
+    items = [item for its in tasks.values() for item in its]
+    todo = [(r, budgets[(i + j) % len(budgets)], item) for r in range(repeats) for i, item in enumerate(items)
+            for j in range(len(budgets)) if (item.task, budgets[(i + j) % len(budgets)], r, item.id) not in done]
     total = sum(len(items) for items in tasks.values()) * len(budgets) * repeats
     skipped = total - len(todo)
     prompts: dict[tuple[str, str], list[int]] = {}
@@ -137,6 +142,12 @@ def measure(backend: Backend, tokenizer, fmt: ThinkingFormat, tasks: Mapping[str
     with contextlib.ExitStack() as cleanup:
         if bar is not None:
             cleanup.callback(bar.close)
+        # the objects alive now (JAX's, transformers') out of the collector's way: a full collection over
+        # them stalls this process for about half a second, which a query in flight would count as service
+        # time (with the OpenAI backend, one such stall in 8 queries moved a mean by 0.12 s in a CI run)
+        gc.collect()
+        gc.freeze()
+        cleanup.callback(gc.unfreeze)
         log = cleanup.enter_context(open(transcript, "a", encoding="utf-8")) if transcript else None
         try:
             for repeat, budget, item in todo:

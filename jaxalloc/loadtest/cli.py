@@ -54,6 +54,9 @@ def add_loadtest_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--time-limit", type=float, metavar="S",
                    help="seconds a rate may run; requests still running count as failed (default: its last arrival "
                         "+ --timeout)")
+    p.add_argument("--baseline", type=int, default=0, metavar="N",
+                   help="before each rate, N queries of every task one at a time: the host's speed now against the "
+                        "profile's service times scales the predictions (a machine whose speed drifts; default 0: off)")
     p.add_argument("--out", metavar="FILE.csv", help="write one row per request (rewritten after each rate)")
     p.add_argument("--plot", metavar="FILE.png", help="measured and predicted mean system time against λ")
     p.add_argument("--json", action="store_true", help="print JSON for programs")
@@ -95,7 +98,7 @@ def cmd_loadtest(args) -> int:
         result = loadtest(problem, base_url=args.base_url, served_model=args.served_model, tokenizer_dir=args.model,
                           rates=rates, requests=args.requests, budgets=args.budgets, trace=args.trace, seed=args.seed,
                           answer_tokens=args.answer_tokens, temperature=args.temperature, timeout=args.timeout,
-                          time_limit=args.time_limit, progress=progress, on_rate=keep)
+                          time_limit=args.time_limit, baseline=args.baseline, progress=progress, on_rate=keep)
     except KeyboardInterrupt:
         kept = (f"{written[-1]} records of the finished rates kept in {args.out}" if written else "nothing written")
         raise Interrupted(kept) from None

@@ -61,6 +61,29 @@ def predictions(problem: Problem, budgets: Sequence[float], rate: float, prob: S
             "fifo": predict(problem, budgets, rate, prob, server=fifo)}
 
 
+def scale_times(problem: Problem, scale: float) -> Problem:
+    """The profile on a host `scale` times slower: every time of the model multiplied by it,
+    the service times t0 and c (eq. 1) and a server's `admission` h where it has one; the
+    batching shape (β, B) and the task mix are ratios and stay. Used by ``loadtest
+    --baseline``, which measures `scale` just before a load (:func:`time_scale`)."""
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    server = problem.server
+    if hasattr(server, "admission"):
+        server = eqx.tree_at(lambda s: s.admission, server, jnp.asarray(server.admission) * scale)
+    return problem.replace(t0=jnp.asarray(problem.t0) * scale, c=jnp.asarray(problem.c) * scale, server=server)
+
+
+def time_scale(problem: Problem, budgets: Sequence[float], measured: Sequence[float]) -> float:
+    """How many times slower the host is now than the profile says: Σ π_k m_k / Σ π_k t_k(ℓ_k),
+    with m_k the mean service time of task k measured one query at a time (nothing else
+    running, so the measured time is the service time of eq. 1) and t_k = t0_k + c_k ℓ_k."""
+    pi = np.asarray(problem.prob, np.float64)
+    t = np.asarray(problem.t0, np.float64) + np.asarray(problem.c, np.float64) * np.asarray(budgets, np.float64)
+    return float(np.dot(pi, np.asarray(measured, np.float64)) / np.dot(pi, t))
+
+
 def relative_error(measured: float | None, predicted: float) -> float | None:
     """(measured − predicted) / predicted; None (n/a) without a measurement or a finite, positive prediction."""
     if measured is None or not math.isfinite(predicted) or predicted <= 0:

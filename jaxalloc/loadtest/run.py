@@ -47,6 +47,7 @@ from .client import (
     get_json,
     parse_base_url,
 )
+from .predict import scale_times, time_scale
 
 STATUSES = ("ok", "timeout", "http_error", "connect_error", "protocol_error", "server_error", "no_token_ids",
             "wrong_budget", "time_limit", "not_sent")
@@ -309,6 +310,22 @@ class _Run:
                 else:
                     conn.close()
 
+    async def baseline(self, names: Sequence[str], budgets: Sequence[int], per_task: int) -> list[Record]:
+        """`per_task` queries of every task, one at a time (each task in turn, then again), with
+        nothing else running: their send-to-end times are service times (``--baseline``)."""
+        loop = asyncio.get_running_loop()
+        self.t0 = loop.time()
+        records: list[Record] = []
+        for _ in range(per_task):
+            for k, (name, budget) in enumerate(zip(names, budgets)):
+                rec = Record(0.0, len(records), name, int(budget), loop.time() - self.t0)
+                await self.query(rec, k, self.t0 + rec.scheduled_s)
+                records.append(rec)
+        for _, conn in self.idle:  # bound to this event loop: the load runs on another
+            conn.close()
+        self.idle.clear()
+        return records
+
     async def run(self, schedule: Schedule, records: list[Record], time_limit: float) -> None:
         loop = asyncio.get_running_loop()
         self.t0 = loop.time() + self.connect_ahead + 0.05
@@ -342,6 +359,25 @@ class _Run:
         for _, conn in self.idle:
             conn.close()
         self.idle.clear()
+
+
+def _baseline(run: _Run, problem, names: Sequence[str], budgets: Sequence[int], per_task: int,
+              progress: Callable[[str], None] | None) -> dict:
+    """Run :meth:`_Run.baseline` and measure the host's time scale (see :func:`loadtest`).
+
+    **Returns:** ``{"per_task", "measured_s" {name: mean service s}, "profile_s" {name: t_k},
+    "time_scale"}``. A failed query raises :class:`LoadtestError` naming ``--baseline``."""
+    if progress:
+        progress(f"baseline: {per_task} queries per task, one at a time")
+    records = asyncio.run(run.baseline(names, budgets, per_task))
+    for r in records:
+        if r.status != "ok":
+            raise LoadtestError(f"--baseline = {per_task}: a {r.task} query (budget {r.budget}) failed: "
+                                f"{r.status}: {r.error}")
+    measured = [float(np.mean([r.end_s - r.send_s for r in records if r.task == name])) for name in names]
+    t = np.asarray(problem.t0, np.float64) + np.asarray(problem.c, np.float64) * np.asarray(budgets, np.float64)
+    return {"per_task": per_task, "measured_s": dict(zip(names, measured)),
+            "profile_s": dict(zip(names, t.tolist())), "time_scale": time_scale(problem, budgets, measured)}
 
 
 async def check_server(endpoint: Endpoint, served_model: str | None, fmt, prompt: Sequence[int], *,
@@ -426,7 +462,7 @@ def loadtest(problem, *, base_url: str, tokenizer_dir: str, rates: Sequence[floa
              requests: int | None = None, served_model: str | None = None, budgets=None, trace: str | None = None,
              seed: int = 0, answer_tokens: int = DEFAULT_ANSWER_TOKENS, temperature: float = 0.1,
              timeout: float = 600.0, time_limit: float | None = None, prompts: dict[str, str] | None = None,
-             api_key: str | None = None, connect_ahead: float = 0.02,
+             api_key: str | None = None, connect_ahead: float = 0.02, baseline: int = 0,
              progress: Callable[[str], None] | None = None,
              on_rate: Callable[[list[Record]], None] | None = None) -> LoadtestResult:
     """Load a running OpenAI-compatible server (vLLM, SGLang) and compare with the queueing models.
@@ -446,6 +482,12 @@ def loadtest(problem, *, base_url: str, tokenizer_dir: str, rates: Sequence[floa
     - `timeout`: seconds a query may take from its arrival; `time_limit`: seconds a rate
       may run (default: its last arrival + `timeout`).
     - `prompts`: question text per task name (default :func:`question`).
+    - `baseline`: before each rate, this many queries of every task one at a time; their
+      mean service times against the profile's give the host's time scale now
+      (:func:`~jaxalloc.loadtest.predict.time_scale`), and the rate's predictions are made
+      with every time of the model scaled by it (:func:`~jaxalloc.loadtest.predict.scale_times`),
+      the profile's own predictions kept beside them (``summary["baseline"]``). For a shared
+      or virtual machine whose speed drifts between calibration and load. 0: off.
     - `progress`: called with a line at the start and end of each rate; `on_rate`: called
       with the records so far after each rate.
 
@@ -470,6 +512,8 @@ def loadtest(problem, *, base_url: str, tokenizer_dir: str, rates: Sequence[floa
             raise LoadtestError(f"{flag} = {value!r}: must be a positive number of seconds")
     if not (isinstance(answer_tokens, int) and answer_tokens >= 1):
         raise LoadtestError(f"--answer-tokens = {answer_tokens!r}: must be a whole number >= 1")
+    if isinstance(baseline, bool) or not isinstance(baseline, int) or baseline < 0:
+        raise LoadtestError(f"--baseline = {baseline!r}: must be a whole number of queries per task >= 0")
     if not (math.isfinite(temperature) and temperature >= 0):
         raise LoadtestError(f"--temperature = {temperature!r}: must be >= 0")
     schedules = ([read_trace(trace, names, requests)] if trace is not None else
@@ -509,14 +553,22 @@ def loadtest(problem, *, base_url: str, tokenizer_dir: str, rates: Sequence[floa
                    timeout=timeout, api_key=api_key, connect_ahead=connect_ahead)
         gc.collect()
         gc.freeze()  # a full collection over JAX's and transformers' objects would stall the loop for ~0.5 s
-        cpu, wall = time.process_time(), time.perf_counter()
         try:
+            base = _baseline(run, problem, names, ell, baseline, progress) if baseline else None
+            cpu, wall = time.process_time(), time.perf_counter()
             asyncio.run(run.run(schedule, recs, limit))
         finally:
             gc.unfreeze()
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         records += recs
-        summary.append(summarize(problem, names, ell, schedule, recs))
+        if base is None:
+            summary.append(summarize(problem, names, ell, schedule, recs))
+        else:
+            summary.append(summarize(scale_times(problem, base["time_scale"]), names, ell, schedule, recs))
+            calibrated = summarize(problem, names, ell, schedule, recs)["overall"]
+            base["as_calibrated"] = {k: calibrated[k] for k in ("predicted_s", "error", "predicted_fifo_s",
+                                                                "error_fifo")}
+            summary[-1]["baseline"] = base
         summary[-1].update(run_s=wall, generator_cpu_s=cpu)
         if progress:
             s = summary[-1]

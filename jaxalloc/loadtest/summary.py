@@ -113,6 +113,16 @@ def _error(v) -> str:
     return "n/a" if v is None else f"{100 * v:+.1f}%"
 
 
+def _baseline_line(b: dict) -> str:
+    """The ``--baseline`` line of a rate: measured and profile service times, the time scale,
+    and the profile's own prediction (unscaled) with its error."""
+    times = ", ".join(f"{n} {b['measured_s'][n]:.3f} s (profile {b['profile_s'][n]:.3f})" for n in b["measured_s"])
+    cal = b["as_calibrated"]
+    return (f"baseline ({b['per_task']} per task, one at a time): {times}: times × {b['time_scale']:.3f} in the "
+            f"predictions below; as calibrated, the server model predicts {_seconds(cal['predicted_s'])} s "
+            f"({_error(cal['error'])})")
+
+
 def format_summary(result, title: str = "") -> str:
     """A fixed-width table per rate of a :class:`~jaxalloc.loadtest.run.LoadtestResult`."""
     from ..report import describe_server
@@ -129,6 +139,8 @@ def format_summary(result, title: str = "") -> str:
                f"; send lag p50 {1e3 * s['lag_p50_s']:.2f} ms, p99 {1e3 * s['lag_p99_s']:.2f} ms")
         lines += ["", (f"rate λ = {s['rate']:g}/s ({s['source']}): {s['requests']} requests, {s['ok']} ok, "
                        f"{s['failed']} failed{f' ({fail})' if fail else ''}, {s['not_sent']} not sent{lag}")]
+        if s.get("baseline"):
+            lines.append(_baseline_line(s["baseline"]))
         lines.append(f"{'task':<{width}}  {'ℓ':>6}  {'ok':>5}  {'fail':>4}  {'mean s':>8}  {'p50 s':>8}  "
                      f"{'p95 s':>8}  {'server s':>8}  {'error':>7}  {'M/G/1 s':>8}  {'error':>7}")
         for name, e in [*s["tasks"].items(), ("all", s["overall"])]:
