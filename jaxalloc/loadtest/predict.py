@@ -80,8 +80,16 @@ def time_scale(problem: Problem, budgets: Sequence[float], measured: Sequence[fl
     with m_k the mean service time of task k measured one query at a time (nothing else
     running, so the measured time is the service time of eq. 1) and t_k = t0_k + c_k ℓ_k."""
     pi = np.asarray(problem.prob, np.float64)
-    t = np.asarray(problem.t0, np.float64) + np.asarray(problem.c, np.float64) * np.asarray(budgets, np.float64)
-    return float(np.dot(pi, np.asarray(measured, np.float64)) / np.dot(pi, t))
+    return float(np.dot(pi, np.asarray(measured, np.float64)) / np.dot(pi, profile_service(problem, budgets)))
+
+
+def profile_service(problem: Problem, budgets: Sequence[float]) -> np.ndarray:
+    """The profile's t_k(ℓ_k) (eq. 1, :func:`jaxalloc.objective.service_times`) as float64 NumPy."""
+    import jax.numpy as jnp
+
+    from ..objective import service_times
+
+    return np.asarray(service_times(problem, jnp.asarray(budgets, jnp.result_type(problem.t0))), np.float64)
 
 
 def relative_error(measured: float | None, predicted: float) -> float | None:

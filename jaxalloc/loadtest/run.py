@@ -47,7 +47,7 @@ from .client import (
     get_json,
     parse_base_url,
 )
-from .predict import scale_times, time_scale
+from .predict import profile_service, scale_times, time_scale
 
 STATUSES = ("ok", "timeout", "http_error", "connect_error", "protocol_error", "server_error", "no_token_ids",
             "wrong_budget", "time_limit", "not_sent")
@@ -375,9 +375,8 @@ def _baseline(run: _Run, problem, names: Sequence[str], budgets: Sequence[int], 
             raise LoadtestError(f"--baseline = {per_task}: a {r.task} query (budget {r.budget}) failed: "
                                 f"{r.status}: {r.error}")
     measured = [float(np.mean([r.end_s - r.send_s for r in records if r.task == name])) for name in names]
-    t = np.asarray(problem.t0, np.float64) + np.asarray(problem.c, np.float64) * np.asarray(budgets, np.float64)
     return {"per_task": per_task, "measured_s": dict(zip(names, measured)),
-            "profile_s": dict(zip(names, t.tolist())), "time_scale": time_scale(problem, budgets, measured)}
+            "profile_s": dict(zip(names, profile_service(problem, budgets).tolist())), "time_scale": time_scale(problem, budgets, measured)}
 
 
 async def check_server(endpoint: Endpoint, served_model: str | None, fmt, prompt: Sequence[int], *,
