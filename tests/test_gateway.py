@@ -302,10 +302,96 @@ def test_a_client_that_leaves_cancels_the_upstream_request():
     assert run(_with({}, body, upstream=Upstream(chunks=200))) == 1
 
 
+# ------------------------------------------------------------------ --enforce exact
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    from tiny_qwen3 import make_tokenizer
+
+    folder = tmp_path_factory.mktemp("tok")
+    make_tokenizer(str(folder))
+    return str(folder)
+
+
+class TokenUpstream(Upstream):
+    """/v1/completions on token-id prompts, as vLLM with return_token_ids: a thinking request
+    (min_tokens > 0) streams exactly min_tokens ids (id 100, or `short` fewer); an answer streams
+    three ids (101) and the end id `eos` with finish_reason "stop"."""
+
+    def __init__(self, eos, short=0):
+        super().__init__()
+        self.eos, self.short = eos, short
+
+    async def completions(self, request):
+        body = await request.json()
+        self.bodies.append(body)
+        n = body["min_tokens"] - self.short if body["min_tokens"] > 0 else 3
+        ids = [100] * n if body["min_tokens"] > 0 else [101] * n + [self.eos]
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await out.prepare(request)
+        for i, t in enumerate(ids):
+            last = i == len(ids) - 1
+            finish = ("length" if body["min_tokens"] > 0 else "stop") if last else None
+            choice = {"index": 0, "text": f"<{t}>", "token_ids": [t], "finish_reason": finish}
+            await out.write(f"data: {json.dumps({'choices': [choice]})}\n\n".encode())
+        await out.write(b"data: [DONE]\n\n")
+        return out
+
+
+def test_exact_budgets_in_two_phases(tokenizer_dir):
+    from jaxalloc.calibrate.chat import load_tokenizer, prompt_ids, thinking_format
+
+    tok = load_tokenizer(tokenizer_dir)
+    fmt = thinking_format(tok, tokenizer_dir)
+
+    async def body(gw, up, url):
+        budget = gw.decision.budgets[0]
+        assert budget > 3
+        async with ClientSession() as s:
+            r = await s.post(url + "/v1/chat/completions", headers={"X-Task": "GSM8K"},
+                             json={"model": "m", "messages": [{"role": "user", "content": "What is 2 + 2?"}],
+                                   "temperature": 0.5, "seed": 7})
+            answer = await r.json()
+            assert r.status == 200, answer
+            usage = answer["usage"]
+            assert usage["completion_tokens_details"]["reasoning_tokens"] == budget
+            assert usage["completion_tokens"] == budget + 4
+            message = answer["choices"][0]["message"]
+            assert message["reasoning"] == "<100>" * budget and message["content"] == "<101>" * 3 + f"<{fmt.stop_ids[0]}>"
+            think, ans = up.bodies[-2:]
+            prompt = prompt_ids(tok, fmt, "What is 2 + 2?")  # the same template, independently
+            assert think["prompt"] == prompt and think["max_tokens"] == think["min_tokens"] == budget
+            assert think["stop_token_ids"] == [fmt.think_end_id] and think["temperature"] == 0.5 and think["seed"] == 7
+            assert ans["prompt"] == prompt + [100] * budget + list(fmt.close_ids) and ans["max_tokens"] == 512
+            # a client cap of 3 tokens: two of thinking, one of answer
+            r = await s.post(url + "/v1/chat/completions", headers={"X-Task": "GSM8K"},
+                             json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True})
+            events = [json.loads(line[5:]) for line in (await r.text()).splitlines()
+                      if line.startswith("data:") and "[DONE]" not in line]
+            deltas = [e["choices"][0]["delta"] for e in events]
+            assert [d for d in deltas if "reasoning" in d] == [{"reasoning": "<100>"}] * 2
+            assert up.bodies[-1]["max_tokens"] == 1 and events[-1]["choices"][0]["finish_reason"] == "stop"
+        return True
+
+    async def short(gw, up, url):
+        async with ClientSession() as s:
+            r = await s.post(url + "/v1/completions", headers={"X-Task": "GSM8K"}, json={"prompt": "x"})
+            return r.status, (await r.json())["error"]["message"]
+
+    from jaxalloc.calibrate.chat import load_tokenizer as _load
+
+    eos = thinking_format(_load(tokenizer_dir), tokenizer_dir).stop_ids[0]
+    kw = {"enforce": "exact", "tokenizer_dir": tokenizer_dir}
+    assert run(_with(kw, body, upstream=TokenUpstream(eos)))
+    status, message = run(_with(kw, short, upstream=TokenUpstream(eos, short=1)))
+    assert status == 502 and "min_tokens" in message
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--listen", "nowhere"], "--listen = 'nowhere'"),
     (["--default-task", "AIME"], "--default-task = 'AIME'"),
-    (["--enforce", "exact"], "--enforce = 'exact'"),
+    (["--enforce", "exact"], "--enforce = 'exact': give the served model's tokenizer"),
     (["--resolve-every", "0"], "--resolve-every = 0"),
 ])
 def test_cli_bad_input(tmp_path, capsys, argv, message):

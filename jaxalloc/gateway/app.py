@@ -70,19 +70,29 @@ class Gateway:
     `enforce`: ``"cap"`` or ``"exact"``; `window`, `resolve_every`: seconds; `task_header`,
     `task_field` (dotted), `default_task`; `answer_tokens`: room left for the answer (cap);
     `min_gain`: J gain that moves the budgets; `max_body`: bytes; `timeout`: seconds an upstream
-    answer may take; `clock`: monotonic seconds (tests).
+    answer may take; `tokenizer_dir`: the served model's tokenizer (``exact`` needs it);
+    `clock`: monotonic seconds (tests).
     """
 
     def __init__(self, problem: Problem, upstream: str, *, enforce: str = "cap", window: float = 60.0,
                  resolve_every: float = 5.0, task_header: str = "X-Task", task_field: str = "metadata.task",
                  default_task: str | None = None, answer_tokens: int = DEFAULT_ANSWER_TOKENS,
                  min_gain: float = 1e-3, max_body: int = DEFAULT_MAX_BODY, timeout: float = 600.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 tokenizer_dir: str | None = None, clock: Callable[[], float] = time.monotonic):
         self.names = tuple(str(n) for n in problem.names) or tuple(f"task{k}" for k in range(problem.num_tasks))
         if enforce not in ENFORCE:
             raise ValueError(f"--enforce = {enforce!r}: expected one of {', '.join(ENFORCE)}")
+        self.exact = None
         if enforce == "exact":
-            raise ValueError("--enforce = 'exact': not built yet (use cap)")
+            if tokenizer_dir is None:
+                raise ValueError("--enforce = 'exact': give the served model's tokenizer with --model TOKENIZER_DIR")
+            from ..calibrate.qwen3 import ModelError
+            from .exact import Exact
+
+            try:
+                self.exact = Exact(tokenizer_dir)
+            except ModelError as err:
+                raise ValueError(f"--model: {err}") from None
         if default_task is not None and default_task not in self.names:
             raise ValueError(f"--default-task = {default_task!r}: not a task of the profile ({', '.join(self.names)})")
         for flag, value in (("--resolve-every", resolve_every), ("--timeout", timeout)):
@@ -157,11 +167,15 @@ class Gateway:
             k = task_of(request.headers, body, self.names, header=self.task_header, field=self.task_field,
                         default=self.default_task)
             self.estimator.record(k)
-            sent = apply_cap(body, self.decision.budgets[k], self.answer_tokens)
+            budget = self.decision.budgets[k]
+            sent = apply_cap(body, budget, self.answer_tokens)
         except RequestError as err:
             return _error(err.status, str(err), err.param)
         task = self.names[k]
-        response = await self._forward(request, sent, task)
+        if self.exact is not None:
+            response = await self._exact(request, body, budget, task)
+        else:
+            response = await self._forward(request, sent, task)
         self.metrics.requests.labels(task, str(response.status)).inc()
         if response.status < 400:
             self.metrics.latency.labels(task).observe(time.perf_counter() - start)
@@ -196,6 +210,28 @@ class Gateway:
         except (ClientConnectionError, OSError) as err:
             self.metrics.upstream.labels("connect").inc()
             return _error(502, f"{url}: {type(err).__name__}: {err}")
+
+    async def _exact(self, request: web.Request, body: dict, budget: int, task: str) -> web.StreamResponse:
+        from .exact import UpstreamError
+
+        assert self.session is not None and self.exact is not None
+        try:
+            return await self.exact.respond(request, self.session, self.upstream, body, budget, self.answer_tokens)
+        except RequestError as err:
+            return _error(err.status, str(err), err.param)
+        except asyncio.CancelledError:
+            self.metrics.upstream.labels("disconnect").inc()
+            event("client_gone", task=task, path=request.path)
+            raise
+        except (asyncio.TimeoutError, TimeoutError):
+            self.metrics.upstream.labels("timeout").inc()
+            return _error(504, f"{self.upstream}/v1/completions: no answer within --timeout = {self.timeout:g} s")
+        except UpstreamError as err:
+            self.metrics.upstream.labels("protocol").inc()
+            return _error(502, str(err))
+        except (ClientConnectionError, OSError) as err:
+            self.metrics.upstream.labels("connect").inc()
+            return _error(502, f"{self.upstream}/v1/completions: {type(err).__name__}: {err}")
 
     async def models(self, request: web.Request) -> web.Response:
         assert self.session is not None

@@ -2,7 +2,7 @@
 
 `jaxalloc gateway [PROFILE] --upstream URL [--listen 127.0.0.1:8100] [--resolve-every 5]
 [--window 60] [--task-header X-Task] [--task-field metadata.task] [--default-task NAME]
-[--enforce cap|exact] [--answer-tokens N] [--min-gain G] [--max-body BYTES] [--timeout S]
+[--enforce cap|exact] [--model TOKENIZER_DIR] [--answer-tokens N] [--min-gain G] [--max-body BYTES] [--timeout S]
 [--json-logs]` and the server flags.
 
 Bad flags are one `error:` line and exit status 2 before anything listens; the re-solve is
@@ -44,6 +44,8 @@ def add_gateway_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--default-task", metavar="NAME", help="task of a request that names none (default: a 400)")
     p.add_argument("--enforce", choices=ENFORCE, default="cap", help="cap: vLLM's thinking_token_budget; exact: "
                    "the two-phase exact budget of calibrate measure (default cap)")
+    p.add_argument("--model", metavar="TOKENIZER_DIR", help="the served model's tokenizer folder (--enforce exact "
+                   "renders the chat template itself)")
     p.add_argument("--answer-tokens", type=int, default=DEFAULT_ANSWER_TOKENS, metavar="N",
                    help="room for the answer after the thinking, in max_tokens (default %(default)s)")
     p.add_argument("--min-gain", type=float, default=1e-3, metavar="G",
@@ -97,7 +99,7 @@ def cmd_gateway(args) -> int:
     gateway = Gateway(problem, args.upstream, enforce=args.enforce, window=args.window,
                       resolve_every=args.resolve_every, task_header=args.task_header, task_field=args.task_field,
                       default_task=args.default_task, answer_tokens=args.answer_tokens, min_gain=args.min_gain,
-                      max_body=args.max_body, timeout=args.timeout)
+                      max_body=args.max_body, timeout=args.timeout, tokenizer_dir=args.model)
 
     async def main() -> None:
         runner = await gateway.serve(host, port)

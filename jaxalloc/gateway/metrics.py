@@ -11,7 +11,7 @@ the tests, do not share counters). Names, all prefixed ``jaxalloc_gateway_``:
 | ``predicted_latency_seconds`` | gauge | task | E[T_k] of the model at the estimate (+Inf: unstable) |
 | ``latency_seconds`` | histogram | task | measured time from request to the end of the answer |
 | ``requests_total`` | counter | task, code | requests answered, by HTTP status |
-| ``upstream_failures_total`` | counter | kind | ``connect``, ``timeout``, ``disconnect`` (client gone, upstream cancelled) |
+| ``upstream_failures_total`` | counter | kind | ``connect``, ``timeout``, ``protocol`` (an answer the exact query cannot use), ``disconnect`` (client gone, upstream cancelled) |
 | ``resolve_seconds`` | histogram | | wall time of a re-solve |
 | ``resolves_total``, ``budget_changes_total`` | counter | | re-solves, and those that moved the budgets |
 | ``alarm`` | gauge | | 1 while even ℓ = 0 is unstable at the estimate |
