@@ -81,6 +81,13 @@ def test_window_estimate_early_and_bad_input():
     est.record(1)
     load = est.estimate()
     assert load.rate == pytest.approx(2 / 4.0) and load.prob == (0.5, 0.5)
+    # restarted (the gateway starts listening): the arrivals are gone and the prior stands again
+    clock.now = 100.0
+    est.restart()
+    assert est.estimate().source == "profile"
+    clock.now = 103.0
+    est.record(0)
+    assert est.estimate() == (pytest.approx(1 / 3.0), (1.0, 0.0), 1, 3.0, pytest.approx(1 / 3.0), "window")
     with pytest.raises(ValueError, match="--window = 0"):
         WindowEstimator(NAMES, 0, 0.5, [0.25, 0.75])
     with pytest.raises(ValueError, match="task index 2"):

@@ -43,8 +43,19 @@ async def _through(gw: Gateway, fn):
         await runner.cleanup()
 
 
-async def _chat(s, url, task, content="Tom has 3 apples and buys 6 more. How many?", **extra):
-    body = {"model": "tiny-qwen3", "messages": [{"role": "user", "content": content}], "temperature": 0.8, **extra}
+# vLLM's thinking_token_budget counts from the model's "<think>" (a real Qwen3 opens it as its first
+# token; Qwen3-Thinking-2507's chat template opens it in the prompt). The random test model never
+# opens it, and then nothing is capped: the messages open it, as that template does.
+OPEN_THINKING = {"add_generation_prompt": False, "continue_final_message": True}
+
+
+async def _chat(s, url, task, content="Tom has 3 apples and buys 6 more. How many?", open_thinking=True, **extra):
+    """A chat request (with `open_thinking`, its thinking opened in the prompt: see OPEN_THINKING)."""
+    messages = [{"role": "user", "content": content}]
+    opened = {}
+    if open_thinking:  # `exact` builds its own prompt, thinking opened, from the user's messages
+        messages, opened = [*messages, {"role": "assistant", "content": "<think>\n"}], OPEN_THINKING
+    body = {"model": "tiny-qwen3", "messages": messages, "temperature": 0.8, **opened, **extra}
     async with s.post(url + "/v1/chat/completions", json=body, headers={"X-Task": task}) as r:
         return r.status, await r.json()
 
@@ -69,7 +80,7 @@ def test_budgets_are_applied(served, enforce):
     assert budgets == _reference(1.0) and budgets[0] > budgets[1] > 0
 
     async def run(s, url):
-        return [(task, budget, *(await _chat(s, url, task, seed=i)))
+        return [(task, budget, *(await _chat(s, url, task, open_thinking=enforce == "cap", seed=i)))
                 for task, budget in zip(NAMES, budgets) for i in range(2)]
 
     for task, budget, status, answer in asyncio.run(_through(gw, run)):

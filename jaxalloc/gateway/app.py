@@ -106,10 +106,11 @@ class Gateway:
         self.enforce, self.resolve_every, self.timeout = enforce, float(resolve_every), float(timeout)
         self.task_header, self.task_field, self.default_task = task_header, field_path(task_field), default_task
         self.answer_tokens, self.max_body = answer_tokens, max_body
+        self.metrics = Metrics(self.names)
+        self.policy = Policy(problem, min_gain=min_gain)  # compiles the re-solve once (seconds)
+        # after the compile: its seconds are no window without arrivals (λ̂ = 0); restarted at serving
         self.estimator = WindowEstimator(self.names, window, float(problem.arrival_rate),
                                          [float(p) for p in problem.prob], clock=clock)
-        self.metrics = Metrics(self.names)
-        self.policy = Policy(problem, min_gain=min_gain)  # compiles the re-solve once
         self.decision: Decision = self.resolve()
         self.session: ClientSession | None = None
         self._resolver: asyncio.Task | None = None
@@ -274,6 +275,7 @@ class Gateway:
     async def _startup(self, app) -> None:
         timeout = ClientTimeout(total=None, sock_connect=min(10.0, self.timeout), sock_read=self.timeout)
         self.session = ClientSession(connector=TCPConnector(limit=0), timeout=timeout, auto_decompress=False)
+        self.estimator.restart()  # the window opens with the gateway
         self._resolver = asyncio.get_running_loop().create_task(self._resolve_loop())
 
     async def _cleanup(self, app) -> None:

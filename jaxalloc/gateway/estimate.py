@@ -60,6 +60,14 @@ class WindowEstimator:
         self._counts = [0] * len(self.names)
         self._lock = threading.Lock()
 
+    def restart(self, now: float | None = None) -> None:
+        """Forget every arrival and start the window afresh (the gateway calls it when it starts
+        listening, so the seconds spent compiling before are not read as seconds without load)."""
+        with self._lock:
+            self.start = self.clock() if now is None else now
+            self._arrivals.clear()
+            self._counts = [0] * len(self.names)
+
     def _drop(self, now: float) -> None:
         while self._arrivals and self._arrivals[0][0] <= now - self.window:
             _, k = self._arrivals.popleft()
