@@ -136,6 +136,20 @@ def test_overload_sets_budgets_to_zero_and_raises_the_alarm(policy):
     assert not d.alarm and d.budgets == _reference(problem, 0.3, (0.25, 0.75))
 
 
+def test_pinned_budgets_stay_whatever_the_load():
+    problem = two_tasks()
+    capacity = 1 / float(np.dot([0.25, 0.75], [0.15, 0.06]))
+    pinned = Policy(problem, budgets=(7, 3), pinned=True)
+    for load in (Load(2.5, (0.25, 0.75), 150, 60.0, 0.2, "window"),
+                 Load(1.5 * capacity, (0.25, 0.75), 600, 60.0, 1.0, "window")):
+        d = pinned.update(load)
+        assert d.budgets == (7, 3) and not d.changed
+        assert d.proposed == (_reference(problem, load.rate, load.prob) if not d.alarm else (0, 0))
+    assert d.alarm  # the alarm still rings at an overload
+    with pytest.raises(ValueError, match="give the budgets to pin"):
+        Policy(problem, pinned=True)
+
+
 # ------------------------------------------------------------------ applying a budget
 
 
@@ -233,12 +247,14 @@ def test_budgets_are_applied_and_streams_pass_through():
             answer = await r.json()
             assert r.status == 200 and answer["received"]["thinking_token_budget"] == gw.decision.budgets[0]
             assert answer["received"]["max_tokens"] == min(50, gw.decision.budgets[0] + 512)
+            assert (r.headers["X-Jaxalloc-Task"], r.headers["X-Jaxalloc-Budget"]) == ("GSM8K", str(gw.decision.budgets[0]))
             r = await s.post(url + "/v1/completions", json={"prompt": "x", "stream": True,
                                                             "metadata": {"task": "ARC-Challenge"}})
             text = await r.text()
             assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
             assert text == "".join(f"data: {json.dumps({'i': i})}\n\n" for i in range(5)) + "data: [DONE]\n\n"
             assert up.bodies[-1]["thinking_token_budget"] == gw.decision.budgets[1]
+            assert r.headers["X-Jaxalloc-Budget"] == str(gw.decision.budgets[1])
             models = await (await s.get(url + "/v1/models")).json()
             assert models["data"][0]["id"] == "stub"
             budgets = await (await s.get(url + "/budgets")).json()
@@ -400,6 +416,9 @@ def test_exact_budgets_in_two_phases(tokenizer_dir):
     (["--default-task", "AIME"], "--default-task = 'AIME'"),
     (["--enforce", "exact"], "--enforce = 'exact': give the served model's tokenizer"),
     (["--resolve-every", "0"], "--resolve-every = 0"),
+    (["--pin", "GSM8K=4"], "--pin: no budget for ARC-Challenge"),
+    (["--pin", "GSM8K=4,AIME=3"], "--pin: unknown task 'AIME'"),
+    (["--pin", "GSM8K=-4,ARC-Challenge=1"], "--pin = 'GSM8K=-4,ARC-Challenge=1': expected TASK=N pairs"),
 ])
 def test_cli_bad_input(tmp_path, capsys, argv, message):
     profile = tmp_path / "p.toml"

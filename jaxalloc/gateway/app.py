@@ -5,7 +5,8 @@ Routes:
 - ``POST /v1/chat/completions``, ``POST /v1/completions``: the task is read off the request
   (:func:`~jaxalloc.gateway.enforce.task_of`), counted as an arrival, its budget applied
   (:mod:`~jaxalloc.gateway.enforce`), and the request sent upstream; the answer comes back as
-  it arrives (a stream chunk by chunk, or whole).
+  it arrives (a stream chunk by chunk, or whole), with headers ``X-Jaxalloc-Task`` and
+  ``X-Jaxalloc-Budget`` saying what it was given.
 - ``GET /v1/models``: passed through.
 - ``GET /metrics``: Prometheus (:mod:`~jaxalloc.gateway.metrics`); ``GET /budgets``: JSON.
 - anything else: 404 in the OpenAI error shape.
@@ -71,14 +72,15 @@ class Gateway:
     `task_field` (dotted), `default_task`; `answer_tokens`: room left for the answer (cap);
     `min_gain`: J gain that moves the budgets; `max_body`: bytes; `timeout`: seconds an upstream
     answer may take; `tokenizer_dir`: the served model's tokenizer (``exact`` needs it);
-    `clock`: monotonic seconds (tests).
+    `pin`: budgets (one whole number per task) applied whatever the load (``--pin``; the
+    re-solves still run for the metrics and the alarm); `clock`: monotonic seconds (tests).
     """
 
     def __init__(self, problem: Problem, upstream: str, *, enforce: str = "cap", window: float = 60.0,
                  resolve_every: float = 5.0, task_header: str = "X-Task", task_field: str = "metadata.task",
                  default_task: str | None = None, answer_tokens: int = DEFAULT_ANSWER_TOKENS,
                  min_gain: float = 1e-3, max_body: int = DEFAULT_MAX_BODY, timeout: float = 600.0,
-                 tokenizer_dir: str | None = None, clock: Callable[[], float] = time.monotonic):
+                 tokenizer_dir: str | None = None, pin=None, clock: Callable[[], float] = time.monotonic):
         self.names = tuple(str(n) for n in problem.names) or tuple(f"task{k}" for k in range(problem.num_tasks))
         if enforce not in ENFORCE:
             raise ValueError(f"--enforce = {enforce!r}: expected one of {', '.join(ENFORCE)}")
@@ -107,7 +109,8 @@ class Gateway:
         self.task_header, self.task_field, self.default_task = task_header, field_path(task_field), default_task
         self.answer_tokens, self.max_body = answer_tokens, max_body
         self.metrics = Metrics(self.names)
-        self.policy = Policy(problem, min_gain=min_gain)  # compiles the re-solve once (seconds)
+        # compiles the re-solve once (seconds)
+        self.policy = Policy(problem, min_gain=min_gain, budgets=pin, pinned=pin is not None)
         # after the compile: its seconds are no window without arrivals (λ̂ = 0); restarted at serving
         self.estimator = WindowEstimator(self.names, window, float(problem.arrival_rate),
                                          [float(p) for p in problem.prob], clock=clock)
@@ -132,8 +135,8 @@ class Gateway:
     async def _resolve_loop(self) -> None:
         while True:
             await asyncio.sleep(self.resolve_every)
-            try:
-                self.resolve()
+            try:  # in a worker thread: the requests do not wait for the re-solve (XLA releases the GIL)
+                await asyncio.to_thread(self.resolve)
             except Exception as err:  # noqa: BLE001 -- a failed re-solve keeps the budgets in force
                 event("resolve_failed", error=f"{type(err).__name__}: {err}")
 
@@ -173,16 +176,17 @@ class Gateway:
         except RequestError as err:
             return _error(err.status, str(err), err.param)
         task = self.names[k]
+        applied = {"X-Jaxalloc-Task": task, "X-Jaxalloc-Budget": str(budget)}  # what this request was given
         if self.exact is not None:
-            response = await self._exact(request, body, budget, task)
+            response = await self._exact(request, body, budget, task, applied)
         else:
-            response = await self._forward(request, sent, task)
+            response = await self._forward(request, sent, task, applied)
         self.metrics.requests.labels(task, str(response.status)).inc()
         if response.status < 400:
             self.metrics.latency.labels(task).observe(time.perf_counter() - start)
         return response
 
-    async def _forward(self, request: web.Request, body: dict, task: str) -> web.StreamResponse:
+    async def _forward(self, request: web.Request, body: dict, task: str, applied: dict) -> web.StreamResponse:
         assert self.session is not None
         url = self.upstream + request.path
         headers = {"Content-Type": "application/json"}
@@ -192,10 +196,11 @@ class Gateway:
             async with self.session.post(url, data=json.dumps(body).encode(), headers=headers) as up:
                 if not body.get("stream"):
                     payload = await up.read()
-                    return web.Response(body=payload, status=up.status,
+                    return web.Response(body=payload, status=up.status, headers=applied,
                                         content_type=up.content_type or "application/json")
                 out = web.StreamResponse(status=up.status, headers={
-                    "Content-Type": up.headers.get("Content-Type", "text/event-stream"), "Cache-Control": "no-cache"})
+                    "Content-Type": up.headers.get("Content-Type", "text/event-stream"), "Cache-Control": "no-cache",
+                    **applied})
                 await out.prepare(request)
                 async for chunk in up.content.iter_any():
                     await out.write(chunk)
@@ -212,12 +217,14 @@ class Gateway:
             self.metrics.upstream.labels("connect").inc()
             return _error(502, f"{url}: {type(err).__name__}: {err}")
 
-    async def _exact(self, request: web.Request, body: dict, budget: int, task: str) -> web.StreamResponse:
+    async def _exact(self, request: web.Request, body: dict, budget: int, task: str,
+                     applied: dict) -> web.StreamResponse:
         from .exact import UpstreamError
 
         assert self.session is not None and self.exact is not None
         try:
-            return await self.exact.respond(request, self.session, self.upstream, body, budget, self.answer_tokens)
+            return await self.exact.respond(request, self.session, self.upstream, body, budget, self.answer_tokens,
+                                            applied)
         except RequestError as err:
             return _error(err.status, str(err), err.param)
         except asyncio.CancelledError:

@@ -3,7 +3,7 @@
 `jaxalloc gateway [PROFILE] --upstream URL [--listen 127.0.0.1:8100] [--resolve-every 5]
 [--window 60] [--task-header X-Task] [--task-field metadata.task] [--default-task NAME]
 [--enforce cap|exact] [--model TOKENIZER_DIR] [--answer-tokens N] [--min-gain G] [--max-body BYTES] [--timeout S]
-[--json-logs]` and the server flags.
+[--pin TASK=N,...] [--json-logs]` and the server flags.
 
 Bad flags are one `error:` line and exit status 2 before anything listens; the re-solve is
 compiled before the gateway starts listening (a few seconds), so the first request already
@@ -53,6 +53,8 @@ def add_gateway_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-body", type=int, default=4 * 2**20, metavar="BYTES", help="largest request body (default 4 MiB)")
     p.add_argument("--timeout", type=float, default=600.0, metavar="S", help="seconds an upstream answer may take "
                    "(default 600)")
+    p.add_argument("--pin", metavar="TASK=N,...", help="apply these budgets whatever the load (every task named; "
+                   "the re-solves still run for the metrics and the alarm): fixed budgets, or an A/B baseline")
     p.add_argument("--json-logs", action="store_true", help="log one JSON object per line on stderr")
     _add_server_flags(p)
     p.set_defaults(command_run=cmd_gateway)
@@ -84,6 +86,24 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def parse_pin(text: str | None, names) -> tuple[int, ...] | None:
+    """``GSM8K=40,AIME=200`` → the budgets in the profile's task order; a ValueError naming ``--pin``."""
+    if text is None:
+        return None
+    given: dict[str, int] = {}
+    for part in text.split(","):
+        task, sep, value = part.strip().partition("=")
+        if not sep or not value.strip().isdigit():
+            raise ValueError(f"--pin = {text!r}: expected TASK=N pairs, N a whole number >= 0 (got {part!r})")
+        if task not in names:
+            raise ValueError(f"--pin: unknown task {task!r} (the profile's tasks: {', '.join(names)})")
+        given[task] = int(value)
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise ValueError(f"--pin: no budget for {', '.join(missing)} (every task needs one)")
+    return tuple(given[n] for n in names)
+
+
 def cmd_gateway(args) -> int:
     """Run `jaxalloc gateway` until Ctrl-C."""
     from ..cli import _load
@@ -96,10 +116,12 @@ def cmd_gateway(args) -> int:
     LOG.setLevel(logging.INFO)
     LOG.propagate = False
     problem, name = _load(args.profile, args, overrides=False)
+    names = tuple(str(n) for n in problem.names) or tuple(f"task{k}" for k in range(problem.num_tasks))
+    pin = parse_pin(args.pin, names)
     gateway = Gateway(problem, args.upstream, enforce=args.enforce, window=args.window,
                       resolve_every=args.resolve_every, task_header=args.task_header, task_field=args.task_field,
                       default_task=args.default_task, answer_tokens=args.answer_tokens, min_gain=args.min_gain,
-                      max_body=args.max_body, timeout=args.timeout, tokenizer_dir=args.model)
+                      max_body=args.max_body, timeout=args.timeout, tokenizer_dir=args.model, pin=pin)
 
     async def main() -> None:
         runner = await gateway.serve(host, port)
@@ -115,4 +137,4 @@ def cmd_gateway(args) -> int:
     return 0
 
 
-__all__ = ["add_gateway_parser", "cmd_gateway", "parse_listen"]
+__all__ = ["add_gateway_parser", "cmd_gateway", "parse_listen", "parse_pin"]

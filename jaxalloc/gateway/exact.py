@@ -111,7 +111,7 @@ class Exact:
         return out
 
     async def respond(self, request: web.Request, session: ClientSession, upstream: str, body: dict[str, Any],
-                      budget: int, answer_tokens: int) -> web.StreamResponse:
+                      budget: int, answer_tokens: int, headers: dict[str, str] | None = None) -> web.StreamResponse:
         """Run both phases for `request` and answer it (see the module docstring)."""
         chat = request.path.endswith("/chat/completions")
         prompt = self.prompt(request.path, body)
@@ -123,7 +123,8 @@ class Exact:
         stream = bool(body.get("stream"))
         out: web.StreamResponse | None = None
         if stream:
-            out = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+            out = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                              **(headers or {})})
             await out.prepare(request)
 
         async def emit(piece: dict[str, Any], finish: str | None = None) -> None:
@@ -179,4 +180,4 @@ class Exact:
             text = "".join(reasoning) + close + "".join(answer)
             doc = {"id": ident, "object": "text_completion", "created": created, "model": model,
                    "choices": [{"index": 0, "text": text, "finish_reason": finish}], "usage": usage}
-        return web.json_response(doc)
+        return web.json_response(doc, headers=headers)

@@ -72,10 +72,13 @@ class Policy:
 
     **Arguments:** `problem`: the profile; `min_gain`: the J gain that moves the budgets (≥ 0,
     in J's units: accuracy minus α times seconds); `budgets`: the starting budgets (default:
-    the integer optimum at the profile's own λ and π). Compiles and runs the step once.
+    the integer optimum at the profile's own λ and π); `pinned`: keep `budgets` whatever the load
+    (an operator's fixed budgets, or the baseline of an A/B comparison: the re-solves still run,
+    so the metrics show what the optimum would be and the alarm still rings). Compiles and runs
+    the step once.
     """
 
-    def __init__(self, problem: Problem, *, min_gain: float = 1e-3, budgets=None):
+    def __init__(self, problem: Problem, *, min_gain: float = 1e-3, budgets=None, pinned: bool = False):
         if not (isinstance(min_gain, (int, float)) and math.isfinite(min_gain) and min_gain >= 0):
             raise ValueError(f"--min-gain = {min_gain!r}: must be a number >= 0")
         self.problem = problem
@@ -89,6 +92,9 @@ class Policy:
             if len(budgets) != problem.num_tasks or any(int(b) != b or b < 0 for b in budgets):
                 raise ValueError(f"budgets = {list(budgets)}: expected {problem.num_tasks} whole numbers >= 0")
             self.budgets = tuple(int(b) for b in budgets)
+        if pinned and budgets is None:
+            raise ValueError("pinned budgets: give the budgets to pin")
+        self.pinned = bool(pinned)
 
     def _run(self, point: Problem, current):
         out = self._step(point, current)
@@ -110,7 +116,7 @@ class Policy:
         j_new, j_cur = float(j_new), float(j_cur)
         alarm = status == Status.UNSTABLE_QUEUE
         gain = math.inf if not math.isfinite(j_cur) else j_new - j_cur
-        move = proposed != self.budgets and (alarm or gain > self.min_gain)
+        move = not self.pinned and proposed != self.budgets and (alarm or gain > self.min_gain)
         if move:
             self.budgets = proposed
         times = np.asarray(t_new if move else t_cur, np.float64)
