@@ -1,8 +1,10 @@
 """Why the gateway matters: one trace with a rate step, replayed on a real vLLM in several ways.
 
 The same Poisson trace (default: 2 queries/s for 40 s, 8/s for 40 s, 2/s for 40 s; tasks drawn
-by the profile's mix) is sent through ``jaxalloc gateway`` (cap enforcement) to a real vLLM,
-once per policy:
+by the profile's mix) is sent through ``jaxalloc gateway`` to a real vLLM, once per policy. The
+gateway enforces the budgets exactly by default (every query thinks ℓ tokens, as the paper's
+model and the profile's fitted t(ℓ) assume); ``--enforce cap`` uses vLLM's cap instead, under
+which the random test model stops thinking early at random:
 
 - ``gateway``: the budgets follow the load (window 10 s, a re-solve every second), the
   profile's calibrated batching server;
@@ -65,7 +67,7 @@ def best_uniform(problem) -> int:
     return int(np.argmax(scores))
 
 
-async def replay(url: str, trace, names, timeout: float) -> tuple[list[dict], list[tuple[float, dict]]]:
+async def replay(url: str, trace, names, timeout: float, open_thinking: bool) -> tuple[list[dict], list[tuple[float, dict]]]:
     """Send the trace to the gateway at `url`; the answers, and /budgets polled every half second."""
     from aiohttp import ClientSession, ClientTimeout, TCPConnector
 
@@ -76,10 +78,11 @@ async def replay(url: str, trace, names, timeout: float) -> tuple[list[dict], li
 
         async def one(i: int, t: float, k: int, phase: int) -> None:
             await asyncio.sleep(max(0.0, start + t - time.monotonic()))
-            messages = [{"role": "user", "content": QUESTION.format(n=i % 9 + 1, m=i % 7 + 2)},
-                        {"role": "assistant", "content": "<think>\n"}]  # a thinking model's opening (see docs)
-            body = {"model": "tiny-qwen3", "messages": messages, "temperature": 0.8,
-                    "add_generation_prompt": False, "continue_final_message": True}
+            messages = [{"role": "user", "content": QUESTION.format(n=i % 9 + 1, m=i % 7 + 2)}]
+            body = {"model": "tiny-qwen3", "messages": messages, "temperature": 0.8}
+            if open_thinking:  # cap: a thinking model's opening, which the random model never emits (see docs)
+                messages.append({"role": "assistant", "content": "<think>\n"})
+                body.update(add_generation_prompt=False, continue_final_message=True)
             sent = time.monotonic()
             row = {"t": t, "task": k, "phase": phase, "ok": False}
             try:
@@ -104,16 +107,18 @@ async def replay(url: str, trace, names, timeout: float) -> tuple[list[dict], li
     return sorted(records, key=lambda r: r["t"]), budgets
 
 
-def run_policy(problem, upstream: str, trace, *, pin=None, window: float, every: float, timeout: float):
+def run_policy(problem, upstream: str, trace, *, pin=None, window: float, every: float, timeout: float,
+               enforce: str = "exact", model: str | None = None):
     from jaxalloc.gateway.app import Gateway
 
     names = tuple(str(n) for n in problem.names)
-    gw = Gateway(problem, upstream, window=window, resolve_every=every, answer_tokens=8, pin=pin, timeout=timeout)
+    gw = Gateway(problem, upstream, window=window, resolve_every=every, answer_tokens=8, pin=pin, timeout=timeout,
+                 enforce=enforce, tokenizer_dir=model)
 
     async def main():
         runner = await gw.serve("127.0.0.1", 0)
         try:
-            return await replay(f"http://127.0.0.1:{gw.port}", trace, names, timeout)
+            return await replay(f"http://127.0.0.1:{gw.port}", trace, names, timeout, open_thinking=enforce == "cap")
         finally:
             await runner.cleanup()
 
@@ -181,7 +186,11 @@ def main(argv=None) -> int:
     ap.add_argument("--resolve-every", type=float, default=1.0, help="the gateway's --resolve-every (default 1)")
     ap.add_argument("--policies", default="gateway,fixed,uniform,fifo",
                     help="which of gateway, fixed, uniform, fifo to run, in this order (default: all)")
+    ap.add_argument("--enforce", choices=("exact", "cap"), default="exact",
+                    help="exact (default): every query thinks exactly its budget, as the profile's t(l) and the "
+                         "paper assume; cap: vLLM's thinking_token_budget (the random model stops early at random)")
     ap.add_argument("--upstream", help="a running vLLM (default: start the tiny test model here)")
+    ap.add_argument("--model", help="the running vLLM's model folder (its tokenizer; --enforce exact)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds a request may take (default 300)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the results here")
@@ -215,13 +224,13 @@ def main(argv=None) -> int:
     print(f"trace: {len(trace)} requests, phases {a.phases}; l*(light) = {list(fixed)}, uniform {uniform[0]}",
           flush=True)
 
-    def run_all(upstream: str) -> dict:
+    def run_all(upstream: str, model: str | None) -> dict:
         results = {}
         for name in chosen:
             prob_, pin = policies[name]
             tic = time.perf_counter()
             rows, budgets = run_policy(prob_, upstream, trace, pin=pin, window=a.window, every=a.resolve_every,
-                                       timeout=a.timeout)
+                                       timeout=a.timeout, enforce=a.enforce, model=model)
             overall = score(problem, rows)  # accuracy and J on the profile's curves and α, whatever was solved
             by_phase = [score(problem, [r for r in rows if r["phase"] == k]) for k in range(len(phases))]
             results[labels[name]] = {"overall": overall, "phases": by_phase, "rows": rows, "budgets": budgets}
@@ -232,7 +241,9 @@ def main(argv=None) -> int:
         return results
 
     if a.upstream:
-        results = run_all(a.upstream)
+        if a.enforce == "exact" and not a.model:
+            ap.error("--enforce exact with --upstream: give the served model's folder with --model")
+        results = run_all(a.upstream, a.model)
     else:
         from bench_vllm import MAX_NUM_SEQS, make_inputs
 
@@ -241,7 +252,7 @@ def main(argv=None) -> int:
         folder, _ = make_inputs(Path(tempfile.mkdtemp(prefix="gateway-replay-")))
         with VLLMServer(folder, "tiny-qwen3", max_num_seqs=MAX_NUM_SEQS) as server:
             print(f"vLLM ready (pid {server.pid}, {server.base_url})", flush=True)
-            results = run_all(server.base_url)
+            results = run_all(server.base_url, folder)
 
     print(f"\nOne trace ({len(trace)} requests: {' -> '.join(f'{r:g}/s for {s:g} s' for r, s in phases)}), "
           f"alpha = {float(problem.alpha):g}; J = alpha * accuracy - mean latency")

