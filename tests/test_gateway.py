@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("aiohttp")
 
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession, TCPConnector, web
 
 import jaxalloc as ja
 from jaxalloc.cli import main
@@ -323,6 +323,47 @@ def test_a_client_that_leaves_cancels_the_upstream_request():
         return up.cancelled
 
     assert run(_with({}, body, upstream=Upstream(chunks=200))) == 1
+
+
+class HoldingUpstream(Upstream):
+    """Holds every request until `release` is set; `peak`: the most it held at once."""
+
+    def __init__(self):
+        super().__init__()
+        self.release, self.held, self.peak = asyncio.Event(), 0, 0
+
+    async def completions(self, request):
+        await request.read()
+        self.held += 1
+        self.peak = max(self.peak, self.held)
+        try:
+            await self.release.wait()
+        finally:
+            self.held -= 1
+        return web.json_response({"choices": [{"text": "ok"}]})
+
+
+def test_it_holds_600_requests_in_flight():
+    """The issue asks for at least 500: 600 requests wait upstream at once, then all complete."""
+    n = 600
+
+    async def body(gw, up, url):
+        async with ClientSession(connector=TCPConnector(limit=0)) as s:
+            async def one(i):
+                async with s.post(url + "/v1/completions", json={"prompt": str(i)}, headers={"X-Task": "GSM8K"}) as r:
+                    return r.status
+
+            tasks = [asyncio.ensure_future(one(i)) for i in range(n)]
+            for _ in range(600):  # up to 60 s for all of them to reach the upstream
+                if up.held == n:
+                    break
+                await asyncio.sleep(0.1)
+            up.release.set()
+            return up.peak, await asyncio.gather(*tasks)
+
+    up = HoldingUpstream()
+    peak, statuses = run(_with({}, body, upstream=up))
+    assert peak == n and statuses == [200] * n
 
 
 # ------------------------------------------------------------------ --enforce exact
