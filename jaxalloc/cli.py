@@ -175,6 +175,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from .loadtest.cli import add_loadtest_parser
 
     add_loadtest_parser(sub)
+    from .gateway.cli import add_gateway_parser
+
+    add_gateway_parser(sub)
     return parser
 
 
@@ -508,6 +511,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .calibrate.cli import run_calibrate
         from .loadtest.cli import cmd_loadtest
 
+        if args.command == "gateway":
+            from .gateway.cli import cmd_gateway
+
+            return cmd_gateway(args)
         commands = {"solve": _cmd_solve, "simulate": _cmd_simulate, "verify": _cmd_verify,
                     "sensitivity": _cmd_sensitivity, "sweep": _cmd_sweep, "calibrate": run_calibrate,
                     "reproduce": _cmd_reproduce, "loadtest": cmd_loadtest}

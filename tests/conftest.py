@@ -95,3 +95,40 @@ def assert_tree_close(a, b, rtol=1e-12, atol=0.0):
 @pytest.fixture(scope="session")
 def paper():
     return ja.paper_profile()
+
+
+# ---------------------------------------------------------------- the real vLLM server of the session
+
+VLLM_GSM8K = [{"question": f"Tom has {n} apples and buys {n + 3} more. How many?", "answer": f"#### {2 * n + 3}"}
+              for n in range(1, 9)]
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """A real vLLM of the session (tests/test_vllm.py, tests/test_vllm_gateway.py, which run last
+    and in turn): (the server, the checkpoint folder, a GSM8K-style data file). Started on first
+    use, stopped by its process id when the session ends, failures included. Without a vLLM
+    environment the tests that use it skip, unless $JAXALLOC_REQUIRE_VLLM is set (CI): then they fail."""
+    import json
+
+    from tiny_qwen3 import VLLM_CONFIG, make_checkpoint
+
+    from jaxalloc.serving import VLLMServer, find_vllm_python
+
+    if find_vllm_python() is None:
+        reason = "no vLLM environment (.vllm-venv, or $JAXALLOC_VLLM_PYTHON): build it as .ci/run does"
+        if os.environ.get("JAXALLOC_REQUIRE_VLLM"):
+            pytest.fail(reason + "; $JAXALLOC_REQUIRE_VLLM is set, so this is a failure")
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("vllm")
+    folder = root / "model"
+    make_checkpoint(str(folder), **VLLM_CONFIG)
+    data = root / "gsm8k.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in VLLM_GSM8K))
+    server = VLLMServer(folder, "tiny-qwen3", max_num_seqs=32)  # calibrate batching should find this knee
+    try:
+        server.start()
+        yield server, str(folder), str(data)
+    finally:
+        server.stop()
+        assert server.process is None

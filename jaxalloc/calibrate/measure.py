@@ -57,9 +57,12 @@ class MeasureReport(NamedTuple):
     groups: dict
 
     def table(self) -> list[dict]:
-        """One dict per (task, budget): `task`, `budget`, `n`, `accuracy`, `mean_service_s`."""
+        """One dict per (task, budget): `task`, `budget`, `n`, `accuracy`, `mean_service_s`; by budget,
+        then the tasks in the order measured."""
+        order = {t: i for i, t in enumerate(dict.fromkeys(t for t, _ in self.groups))}
         return [{"task": t, "budget": b, "n": g["n"], "accuracy": g["correct"] / g["n"],
-                 "mean_service_s": g["service_s"] / g["n"]} for (t, b), g in self.groups.items()]
+                 "mean_service_s": g["service_s"] / g["n"]}
+                for (t, b), g in sorted(self.groups.items(), key=lambda kv: (kv[0][1], order[kv[0][0]]))]
 
 
 def query_seed(seed: int, task: str, item: str, budget: int, repeat: int) -> int:
