@@ -182,7 +182,8 @@ def _theory(problem: Problem, budgets, service_cv):
 
 
 def _one_replication(problem, budgets, key, service_cv, *, queries, warmup, chunk, nchunks, jitter, store, bins):
-    """Simulate one replication of `problem.server`'s discipline; `key` is that replication's key."""
+    """Simulate one replication of `problem.server`'s discipline; `key` is that replication's key (or,
+    for a core marked ``replicated``, every replication's keys, (R,): the results get a leading axis R)."""
     streams = Streams(problem, budgets, key, service_cv, queries=queries, warmup=warmup, chunk=chunk, jitter=jitter,
                       bins=bins)
     raw = core_for(problem.server)(problem.server, streams, nchunks=nchunks, store=store)
@@ -196,10 +197,12 @@ def _one_replication(problem, budgets, key, service_cv, *, queries, warmup, chun
 )
 def _simulate_jit(problem, budgets, key, service_cv, *, replications, **static):
     rep_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(replications))
-    run = jax.vmap(
-        lambda k: _one_replication(problem, budgets, k, service_cv, **static)
-    )
+    if getattr(core_for(problem.server), "replicated", False):  # the core steps all replications itself
+        run = partial(_one_replication, problem, budgets, service_cv=service_cv, **static)
+    else:
+        run = jax.vmap(lambda k: _one_replication(problem, budgets, k, service_cv, **static))
     counts, sum_t, sum_w, correct, busy, elapsed, times, kinds, hist, edges = run(rep_keys)
+    edges = jnp.broadcast_to(edges, (replications,) + edges.shape[-1:])
     theory = _theory(problem, budgets, service_cv)
     t = service_times(problem, budgets)
     p = task_accuracy(problem, budgets)

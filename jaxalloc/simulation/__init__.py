@@ -9,6 +9,10 @@
 A core is a function ``core(server, streams, *, nchunks, store) -> Raw``
 simulating one replication (:class:`~jaxalloc.simulation.core.Raw`); they all
 read the same random streams (:class:`~jaxalloc.simulation.streams.Streams`).
+A core marked ``replicated = True`` (batching) is called once for all
+replications instead of under ``jax.vmap``: its `streams.key` holds one key
+per replication, it reads chunks with ``streams.every(c)`` and returns Raw
+fields with a leading axis R.
 A new server kind registers its core in :data:`CORES` (and its theory's name
 in :data:`THEORY_NAMES`); nothing else dispatches on the kind.
 """

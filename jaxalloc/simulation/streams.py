@@ -9,6 +9,7 @@ types, service times and answers for the same (seed, replication, query).
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import NamedTuple
 
@@ -90,6 +91,17 @@ class Streams:
         right = (u[1] - self.lower[kind]) < self.p[kind] * self.width[kind]
         counted = (idx < self.queries) & (idx >= self.warmup)
         return Chunk(idx, inter, kind, s, right, counted)
+
+    def every(self, c) -> Chunk:
+        """Chunk `c` of every replication when `key` holds one key per replication
+        (a core called once for all of them): each array gets a leading axis R."""
+
+        def one(key):
+            streams = copy.copy(self)
+            streams.key = key
+            return streams(c)
+
+        return jax.vmap(one)(self.key)
 
     def bin_of(self, tq):
         """Histogram bin of system times `tq` (under- and overflow in the end bins)."""
