@@ -119,6 +119,23 @@ def test_resolve_matches_solve_and_budgets_shrink_with_load(policy):
     assert d2.status == "converged" and not d2.alarm and 0 < d2.seconds < 1
 
 
+@pytest.mark.parametrize("kind, params", [("batching", {"max_batch": 8, "batch_slowdown": 0.1, "admission": 0.01}),
+                                           ("priority", {"order": "ARC-Challenge,GSM8K"}),
+                                           ("fifo", {"servers": 3})])
+def test_resolve_for_every_server_kind(kind, params):
+    """The gateway's compiled step against the public solve of the same point, for each server kind."""
+    from jaxalloc.servers import make_server
+
+    problem = two_tasks(server=make_server(kind, NAMES, **params))
+    policy = Policy(problem)
+    for rate in (0.5, 4.0):
+        d = policy.update(Load(rate, (0.4, 0.6), 100, 60.0, 0.1, "window"))
+        assert d.proposed == _reference(problem, rate, (0.4, 0.6)) and d.status == "converged"
+        point = problem.replace(arrival_rate=rate, prob=np.asarray([0.4, 0.6]))
+        expected = np.asarray(ja.task_system_time(point, np.asarray(d.budgets, float)))
+        assert d.predicted_s == pytest.approx(tuple(expected), rel=1e-10)
+
+
 def test_budgets_do_not_flap_on_a_small_change(policy):
     policy.update(Load(1.0, (0.25, 0.75), 60, 60.0, 0.1, "window"))
     before = policy.budgets
