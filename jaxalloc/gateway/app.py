@@ -39,7 +39,7 @@ from typing import Any
 from aiohttp import ClientConnectionError, ClientSession, ClientTimeout, TCPConnector, web
 
 from ..model import Problem
-from .enforce import DEFAULT_ANSWER_TOKENS, ENFORCE, RequestError, apply_cap, field_path, task_of
+from .enforce import DEFAULT_ANSWER_TOKENS, ENFORCE, RequestError, UpstreamError, apply_cap, field_path, task_of
 from .estimate import WindowEstimator
 from .metrics import Metrics
 from .policy import Decision, Policy
@@ -186,13 +186,35 @@ class Gateway:
             self.metrics.latency.labels(task).observe(time.perf_counter() - start)
         return response
 
+    async def _guarded(self, exchange, url: str, task: str | None, path: str) -> web.StreamResponse:
+        """Await `exchange` (one request to the upstream), turning its failures into OpenAI-shaped
+        errors, each counted by kind; a client gone mid-answer cancels it (and the upstream request)."""
+        try:
+            return await exchange
+        except RequestError as err:
+            return _error(err.status, str(err), err.param)
+        except asyncio.CancelledError:
+            self.metrics.upstream.labels("disconnect").inc()
+            event("client_gone", task=task, path=path)
+            raise
+        except (asyncio.TimeoutError, TimeoutError):
+            self.metrics.upstream.labels("timeout").inc()
+            return _error(504, f"{url}: no answer within --timeout = {self.timeout:g} s")
+        except UpstreamError as err:
+            self.metrics.upstream.labels("protocol").inc()
+            return _error(502, str(err))
+        except (ClientConnectionError, OSError) as err:
+            self.metrics.upstream.labels("connect").inc()
+            return _error(502, f"{url}: {type(err).__name__}: {err}")
+
     async def _forward(self, request: web.Request, body: dict, task: str, applied: dict) -> web.StreamResponse:
         assert self.session is not None
         url = self.upstream + request.path
         headers = {"Content-Type": "application/json"}
         if "Authorization" in request.headers:
             headers["Authorization"] = request.headers["Authorization"]
-        try:
+
+        async def exchange() -> web.StreamResponse:
             async with self.session.post(url, data=json.dumps(body).encode(), headers=headers) as up:
                 if not body.get("stream"):
                     payload = await up.read()
@@ -206,53 +228,25 @@ class Gateway:
                     await out.write(chunk)
                 await out.write_eof()
                 return out
-        except asyncio.CancelledError:
-            self.metrics.upstream.labels("disconnect").inc()
-            event("client_gone", task=task, path=request.path)
-            raise
-        except (asyncio.TimeoutError, TimeoutError):
-            self.metrics.upstream.labels("timeout").inc()
-            return _error(504, f"{url}: no answer within --timeout = {self.timeout:g} s")
-        except (ClientConnectionError, OSError) as err:
-            self.metrics.upstream.labels("connect").inc()
-            return _error(502, f"{url}: {type(err).__name__}: {err}")
+
+        return await self._guarded(exchange(), url, task, request.path)
 
     async def _exact(self, request: web.Request, body: dict, budget: int, task: str,
                      applied: dict) -> web.StreamResponse:
-        from .exact import UpstreamError
-
         assert self.session is not None and self.exact is not None
-        try:
-            return await self.exact.respond(request, self.session, self.upstream, body, budget, self.answer_tokens,
-                                            applied)
-        except RequestError as err:
-            return _error(err.status, str(err), err.param)
-        except asyncio.CancelledError:
-            self.metrics.upstream.labels("disconnect").inc()
-            event("client_gone", task=task, path=request.path)
-            raise
-        except (asyncio.TimeoutError, TimeoutError):
-            self.metrics.upstream.labels("timeout").inc()
-            return _error(504, f"{self.upstream}/v1/completions: no answer within --timeout = {self.timeout:g} s")
-        except UpstreamError as err:
-            self.metrics.upstream.labels("protocol").inc()
-            return _error(502, str(err))
-        except (ClientConnectionError, OSError) as err:
-            self.metrics.upstream.labels("connect").inc()
-            return _error(502, f"{self.upstream}/v1/completions: {type(err).__name__}: {err}")
+        exchange = self.exact.respond(request, self.session, self.upstream, body, budget, self.answer_tokens, applied)
+        return await self._guarded(exchange, f"{self.upstream}/v1/completions", task, request.path)
 
     async def models(self, request: web.Request) -> web.Response:
         assert self.session is not None
-        try:
-            async with self.session.get(self.upstream + "/v1/models") as up:
+        url = self.upstream + "/v1/models"
+
+        async def exchange() -> web.Response:
+            async with self.session.get(url) as up:
                 return web.Response(body=await up.read(), status=up.status,
                                     content_type=up.content_type or "application/json")
-        except (asyncio.TimeoutError, TimeoutError):
-            self.metrics.upstream.labels("timeout").inc()
-            return _error(504, f"{self.upstream}/v1/models: no answer within --timeout = {self.timeout:g} s")
-        except (ClientConnectionError, OSError) as err:
-            self.metrics.upstream.labels("connect").inc()
-            return _error(502, f"{self.upstream}/v1/models: {type(err).__name__}: {err}")
+
+        return await self._guarded(exchange(), url, None, request.path)
 
     async def prometheus(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.text(), headers={"Content-Type": "text/plain; version=0.0.4"})

@@ -33,6 +33,10 @@ class RequestError(ValueError):
         self.status, self.param = status, param
 
 
+class UpstreamError(Exception):
+    """The upstream answered, but not as the gateway needs (a 502; the exact query's phases)."""
+
+
 def field_path(path: str) -> tuple[str, ...]:
     """``"metadata.task"`` → ``("metadata", "task")``; a ValueError naming ``--task-field`` if empty."""
     parts = tuple(p for p in path.split(".")) if path else ()

@@ -31,15 +31,11 @@ from aiohttp import ClientSession, web
 
 from ..calibrate.chat import load_tokenizer, thinking_format
 from ..calibrate.openai_backend import chunk_token_ids
-from .enforce import RequestError, client_cap
+from .enforce import RequestError, UpstreamError, client_cap
 
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty",
             "repetition_penalty")
 """Sampling fields of the client's request copied into both phases."""
-
-
-class UpstreamError(Exception):
-    """The upstream answered, but not as the exact query needs (502)."""
 
 
 class Exact:
