@@ -486,3 +486,22 @@ def test_cli_bad_input(tmp_path, capsys, argv, message):
     assert main(["gateway", str(profile), "--upstream", "http://127.0.0.1:9", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_cli_without_the_gateway_extra(monkeypatch, capsys):
+    """Without aiohttp: one error line naming the extra to install, exit status 2."""
+    import builtins
+    import sys
+
+    real = builtins.__import__
+
+    def without_aiohttp(name, *args, **kwargs):
+        if name.split(".")[0] == "aiohttp":
+            raise ImportError("No module named 'aiohttp'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "jaxalloc.gateway.app")
+    monkeypatch.setattr(builtins, "__import__", without_aiohttp)
+    assert main(["gateway", "--upstream", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'jaxalloc[gateway]'" in err[0] and err[0].startswith("error: ")

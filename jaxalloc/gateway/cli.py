@@ -107,7 +107,11 @@ def parse_pin(text: str | None, names) -> tuple[int, ...] | None:
 def cmd_gateway(args) -> int:
     """Run `jaxalloc gateway` until Ctrl-C."""
     from ..cli import _load
-    from .app import LOG, Gateway, event
+
+    try:
+        from .app import LOG, Gateway, event
+    except ImportError as err:
+        raise ValueError(f"gateway needs the 'gateway' extra (pip install 'jaxalloc[gateway]'): {err}") from None
 
     host, port = parse_listen(args.listen)
     handler = logging.StreamHandler(sys.stderr)
