@@ -467,6 +467,28 @@ def test_exact_budgets_in_two_phases(tokenizer_dir):
     assert run(_with(kw, body, upstream=TokenUpstream(eos)))
     status, message = run(_with(kw, short, upstream=TokenUpstream(eos, short=1)))
     assert status == 502 and "min_tokens" in message
+    status, message = run(_with(kw, short, upstream=GarbledUpstream()))
+    assert status == 502 and "malformed stream chunk '{\"choices\": ['" in message
+
+
+class GarbledUpstream(Upstream):
+    """Streams one chunk that is not JSON."""
+
+    async def completions(self, request):
+        await request.read()
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await out.prepare(request)
+        await out.write(b'data: {"choices": [\n\n')
+        return out
+
+
+def test_sse_lines():
+    from jaxalloc.calibrate.openai_backend import DONE, sse_chunk
+
+    assert sse_chunk(b'data: {"choices": []}\n') == {"choices": []}
+    assert sse_chunk(b"data: [DONE]\n") == DONE and sse_chunk(b": keep-alive\n") is None and sse_chunk(b"\n") is None
+    with pytest.raises(ValueError, match="malformed stream chunk 'nope'"):
+        sse_chunk(b"data: nope\n")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -59,6 +59,24 @@ class Stream:
         return {"ttft_s": self.ttft_s, "e2e_s": self.e2e_s, "itl_s": self.itl_s}
 
 
+DONE = "[DONE]"
+
+
+def sse_chunk(raw: bytes) -> dict | str | None:
+    """One line of a server-sent event stream: its JSON chunk, :data:`DONE` at the stream's end,
+    or None for a line that carries no data. Raises ValueError naming a malformed chunk."""
+    line = raw.decode("utf-8", errors="replace").strip()
+    if not line.startswith("data:"):
+        return None
+    payload = line[5:].strip()
+    if payload == DONE:
+        return DONE
+    try:
+        return json.loads(payload)
+    except json.JSONDecodeError:
+        raise ValueError(f"malformed stream chunk {payload[:100]!r}") from None
+
+
 def chunk_token_ids(choice: dict) -> list[int] | None:
     """Token ids of one streamed choice (``token_ids``, or ``logprobs`` tokens written
     ``"token_id:N"``), or None when it carries none."""
@@ -141,16 +159,14 @@ class OpenAIBackend:
         last = None
         with self._request("/completions", body) as response:
             for raw in response:
-                line = raw.decode("utf-8", errors="replace").strip()
-                if not line.startswith("data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == "[DONE]":
-                    break
                 try:
-                    chunk = json.loads(payload)
-                except json.JSONDecodeError:
-                    raise ServerError(f"{self.url}/completions: malformed stream chunk {payload[:100]!r}") from None
+                    chunk = sse_chunk(raw)
+                except ValueError as err:
+                    raise ServerError(f"{self.url}/completions: {err}") from None
+                if chunk is None:
+                    continue
+                if chunk == DONE:
+                    break
                 if "error" in chunk:
                     raise ServerError(f"{self.url}/completions: {chunk['error']}")
                 for choice in chunk.get("choices") or []:

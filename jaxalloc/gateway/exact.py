@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import ClientSession, web
 
 from ..calibrate.chat import load_tokenizer, thinking_format
-from ..calibrate.openai_backend import chunk_token_ids
+from ..calibrate.openai_backend import DONE, chunk_token_ids, sse_chunk
 from .enforce import RequestError, UpstreamError, client_cap
 
 SAMPLING = ("temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty",
@@ -84,13 +84,14 @@ class Exact:
             if up.status != 200:
                 raise UpstreamError(f"{url}: HTTP {up.status}: {(await up.text())[:300]}")
             async for raw in up.content:
-                line = raw.decode("utf-8", errors="replace").strip()
-                if not line.startswith("data:"):
+                try:
+                    chunk = sse_chunk(raw)
+                except ValueError as err:  # a 502, not the proxy's own 500
+                    raise UpstreamError(f"{url}: {err}") from None
+                if chunk is None:
                     continue
-                payload = line[5:].strip()
-                if payload == "[DONE]":
+                if chunk == DONE:
                     break
-                chunk = json.loads(payload)
                 if "error" in chunk:
                     raise UpstreamError(f"{url}: {chunk['error']}")
                 for choice in chunk.get("choices") or []:
