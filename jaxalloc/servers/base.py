@@ -76,6 +76,13 @@ class Server(eqx.Module):
         """λ E[S] below :meth:`capacity` (eq. 4 for one server)."""
         return lam * m1 < self.capacity(lam)
 
+    def wait_classes(self, n: int):
+        """(higher, through), two (N, N) 0/1 arrays: row k marks the task types served
+        strictly before type k, and those served no later than k (k included), for the
+        waiting-time transform of :mod:`jaxalloc.quantiles.transform`; None where the
+        server has no such transform (then quantiles are not supported)."""
+        return None
+
     def searched(self) -> bool:
         """Whether the solvers are to choose part of this server (static), e.g. a
         priority order given as "auto" (see :mod:`jaxalloc.solvers.order`)."""

@@ -104,6 +104,12 @@ class FIFO(Server):
         m1, m2 = jnp.sum(prob * t, -1), jnp.sum(prob * t2, -1)
         return self.mean_wait(lam, m1, m2)[..., None] + t  # one queue: every type waits alike
 
+    def wait_classes(self, n: int):
+        """One server: everyone waits behind everyone (H = ∅, H+ = all); c > 1: None (no transform)."""
+        if self.size > 1:
+            return None
+        return jnp.zeros((n, n)), jnp.ones((n, n))
+
     def check(self, names) -> None:
         c = whole_number("servers", self.servers)
         if c > self.size:

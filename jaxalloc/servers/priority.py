@@ -66,6 +66,11 @@ class Priority(Server):
         wait = w0 / (jnp.where(stable, slack_hi, 1.0) * jnp.where(stable, slack_lo, 1.0))
         return jnp.where(stable, wait, jnp.inf) + t  # Cobham (1954)
 
+    def wait_classes(self, n: int):
+        """Row k: the types ranked before k (H), and those ranked no later (H+)."""
+        r = jnp.asarray(self.rank)
+        return (r[None, :] < r[:, None]).astype(r.dtype), (r[None, :] <= r[:, None]).astype(r.dtype)
+
     def searched(self) -> bool:
         return self.auto
 
