@@ -19,9 +19,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.special import logsumexp
 
-NEWTON_STEPS = 40
-"""Newton steps for γ: from the bound, the error falls below 1e-15 relative in under 25 on the
-tests' problems (loads 1e-4 to 0.99); a fixed count keeps it vmap-friendly."""
+NEWTON_STEPS = 30
+"""Newton steps for γ: on the paper profile (ρ from 0.03 to 0.95) 20 steps give quantiles equal to
+80 steps' to 2e-16; a fixed count keeps it vmap-friendly."""
 
 
 def _log_mgf(gamma, prob, t):

@@ -69,7 +69,7 @@ def mixture_quantile(tails_of, iters, params, g0, t, weights, level, hi_bound):
     service times (N,); `weights` w (N,), summing to 1; `level` q in (0, 1);
     `hi_bound`: a y with tail ≤ 1 − q. **Returns:** y (scalar).
     """
-    return _solve(tails_of, iters, params, g0, t, weights, level, hi_bound)[0]
+    return _solve(tails_of, iters, params, g0, t, weights, level, hi_bound)
 
 
 def _solve(tails_of, iters, params, g0, t, weights, level, hi_bound):
@@ -93,16 +93,17 @@ def _solve(tails_of, iters, params, g0, t, weights, level, hi_bound):
     f_lo = jnp.log(jnp.maximum(jnp.max(jnp.where(t == lo, right, 0.0)), TINY)) - target
     f_hi = jnp.log(jnp.maximum(left_at_hi, TINY)) - target
     root = illinois(f, lo, hi, f_lo, f_hi, iters)
-    is_jump = jnp.isfinite(jump_at)
-    return jnp.where(is_jump, jump_at, root), is_jump, jnp.argmin(jnp.where(crosses, t, jnp.inf))
+    return jnp.where(jnp.isfinite(jump_at), jump_at, root)
 
 
 @mixture_quantile.defjvp
 def _mixture_quantile_jvp(tails_of, iters, primals, tangents):
-    params, g0, t, weights, level, hi_bound = primals
+    params, g0, t, weights, level, _bound = primals
     dparams, dg0, dt, dweights, dlevel, _ = tangents
-    y = mixture_quantile(tails_of, iters, *primals)
-    _, is_jump, j = _solve(tails_of, iters, *(lax.stop_gradient(p) for p in primals))
+    y = mixture_quantile(tails_of, iters, *primals)  # itself: higher derivatives follow this rule too
+    gap = jnp.abs(t - y)
+    j = jnp.argmin(gap)
+    is_jump = gap[j] == 0  # a jump's quantile is that t_j itself, bit for bit
 
     def f(y_, params_, g0_, t_, w_, q_):
         tail = mixture_tail(tails_of(params_), g0_, t_, w_, y_)

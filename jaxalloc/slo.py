@@ -1,0 +1,283 @@
+"""Latency SLOs as constraints: maximise J(ℓ) subject to quantiles of the system time.
+
+    maximise J(ℓ)   subject to   q_i(ℓ) ≤ L_i (i = 1..m),   0 ≤ ℓ ≤ ℓ_max,
+
+where q_i is a quantile of the system time, overall or of one task
+(:mod:`jaxalloc.quantiles`), e.g. "p99 ≤ 8 s" or "GSM8K: p95 ≤ 5 s".
+
+**Feasibility.** Every quantile rises with every budget (a longer service
+time makes every wait stochastically longer, and T_k = W_k + t_k), so the
+smallest value each q_i can take is q_i(0): the SLOs are infeasible exactly
+when some q_i(0) > L_i, and that value is what the error reports.
+
+**Method.** The augmented Lagrangian of Powell, Hestenes and Rockafellar
+(Nocedal and Wright, *Numerical Optimization*, §17.4, the bound-constrained
+form), on the normalised constraints g_i = q_i / L_i − 1:
+
+    Φ(ℓ; μ, c) = J(ℓ) − (1/2c) Σ_i [max(0, μ_i + c g_i(ℓ))² − μ_i²],
+
+maximised over the box by projected Newton (the Bertsekas active set of
+:mod:`jaxalloc.solvers.projected_newton`, an Armijo search on Φ) with the
+curvature −∇²J + c Σ_{i active} ∇g_i ∇g_iᵀ: the exact Hessian of J from
+autodiff plus the Gauss–Newton part of the penalty (the multiplier-weighted
+∇²g_i, which needs a Hessian of a quantile through its root, is left out:
+the inner iteration stays an ascent method and converges, linearly near the
+end). Then μ_i ← max(0, μ_i + c g_i(ℓ)), and c grows ×10 when the violation
+did not fall by 4×. It starts from the unconstrained optimum, which is the
+answer when it already meets every SLO. At the end, μ_i / L_i is the
+multiplier of SLO i in J per second: how much J one more second of the limit
+would buy (∂J*/∂L_i).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .errors import ProblemError
+from .model import Problem, validate
+from .objective import objective
+from .quantiles import check_supported, level_name, parse_level, quantile
+from .solution import Solution, Status
+from .solve import solve_point
+from .solvers.projected_newton import _dense_solve
+
+
+class SLOError(ProblemError):
+    """A malformed SLO: the message names it and the value."""
+
+
+class SLO(NamedTuple):
+    """One SLO: the `level` quantile of the system time of task `task` (an index; None: overall) ≤ `limit` seconds."""
+
+    task: int | None
+    level: float
+    limit: float
+
+    def label(self, names) -> str:
+        q = level_name(self.level)
+        return q if self.task is None else f"{names[self.task]}:{q}"
+
+
+def parse_slo(text: str, names) -> SLO:
+    """`[TASK:]pNN=SECONDS` (e.g. "p99=8", "GSM8K:p95=5") → :class:`SLO`; :class:`SLOError` naming what is wrong."""
+    raw = text.strip()
+    if "=" not in raw:
+        raise SLOError(f"--slo {text!r}: expected [TASK:]pNN=SECONDS, e.g. p99=8 or GSM8K:p95=5")
+    head, _, value = raw.rpartition("=")
+    task_name, _, level_text = head.rpartition(":")
+    task = None
+    if task_name:
+        if task_name not in names:
+            raise SLOError(f"--slo {text!r}: unknown task {task_name!r} (tasks: {', '.join(names)})")
+        task = list(names).index(task_name)
+    try:
+        level = parse_level(level_text)
+    except ProblemError as exc:
+        raise SLOError(f"--slo {text!r}: {exc}") from None
+    try:
+        limit = float(value)
+    except ValueError:
+        raise SLOError(f"--slo {text!r}: time {value!r} is not a number of seconds") from None
+    if not math.isfinite(limit) or limit <= 0:
+        raise SLOError(f"--slo {text!r}: time {value} must be a finite number of seconds > 0")
+    return SLO(task, level, limit)
+
+
+def slo_values(problem: Problem, budgets, spec: tuple, method: str = "auto") -> jax.Array:
+    """The quantiles the SLOs constrain, (m,), at budgets ℓ; `spec`: ((task, level), ...), static."""
+    return jnp.stack([quantile(problem, budgets, level, task, method) for task, level in spec])
+
+
+class AugmentedLagrangian(eqx.Module):
+    """Hyperparameters of :func:`solve_slo_point` (see the module docstring).
+
+    - `tol`: on the normalised violation max_i g_i⁺ and on the inner step (tokens, relative).
+    - `max_outer`, `max_inner`: multiplier updates; Newton steps per update.
+    - `penalty`: the first c.
+    """
+
+    tol: float = 1e-10
+    max_outer: int = 40
+    max_inner: int = 50
+    penalty: float = 10.0
+
+
+DEFAULT = AugmentedLagrangian()
+
+
+def solve_slo_point(problem: Problem, spec: tuple, limits, method: str = "auto", solver: AugmentedLagrangian | None = None):
+    """(ℓ, μ, outer steps, inner steps, converged) of the SLO-constrained problem; pure JAX.
+
+    `spec` ((task, level), ...) and `method` static; `limits` (m,) seconds.
+    μ are the multipliers of the normalised constraints g = q/L − 1."""
+    solver = DEFAULT if solver is None else solver
+    top = problem.max_tokens
+    limits = jnp.asarray(limits, problem.A.dtype)
+    g_of = lambda x: slo_values(problem, x, spec, method) / limits - 1.0
+    jac = jax.jacrev(g_of)
+    grad_j = jax.grad(lambda x: objective(problem, x))
+
+    def phi(x, mu, c):
+        return objective(problem, x) - jnp.sum(jnp.maximum(0.0, mu + c * g_of(x)) ** 2 - mu**2) / (2.0 * c)
+
+    def inner(x, mu, c):
+        def cond(s):
+            _, k, done = s
+            return (~done) & (k < solver.max_inner)
+
+        def body(s):
+            x, k, _ = s
+            g, J = g_of(x), jac(x)
+            weight = jnp.maximum(0.0, mu + c * g)
+            grad = grad_j(x) - J.T @ weight
+            H = -jax.hessian(phi)(x, mu, c)
+            eps = jnp.minimum(1e-3 * (1.0 + jnp.abs(x)), 1.0)
+            active = ((x <= eps) & (grad < 0)) | ((x >= top - eps) & (grad > 0))
+            d = _dense_solve(H, ~active, grad)
+            value = phi(x, mu, c)
+
+            def bt_cond(b):
+                _, new, val, n = b
+                return (n < 60) & ~(val >= value + 1e-4 * jnp.sum(grad * (new - x)))
+
+            def bt_body(b):
+                t = 0.5 * b[0]
+                new = jnp.clip(x + t * d, 0.0, top)
+                return t, new, phi(new, mu, c), b[3] + 1
+
+            first = jnp.clip(x + d, 0.0, top)
+            _, new, val, _ = lax.while_loop(bt_cond, bt_body, (jnp.asarray(1.0, x.dtype), first, phi(first, mu, c), 0))
+            new = jnp.where(val >= value, new, x)
+            step = jnp.max(jnp.abs(first - x) / jnp.maximum(1.0, jnp.abs(x)))
+            return new, k + 1, step <= solver.tol
+
+        x, k, _ = lax.while_loop(cond, body, (x, jnp.asarray(0), jnp.asarray(False)))
+        return x, k
+
+    def outer_cond(s):
+        _, _, _, _, n, _, done = s
+        return (~done) & (n < solver.max_outer)
+
+    def outer_body(s):
+        x, mu, c, viol, n, steps, _ = s
+        x, k = inner(x, mu, c)
+        g = g_of(x)
+        mu = jnp.maximum(0.0, mu + c * g)
+        new_viol = jnp.max(jnp.maximum(g, 0.0))
+        c = jnp.where(new_viol > 0.25 * viol, 10.0 * c, c)
+        done = (new_viol <= solver.tol) & (k < solver.max_inner)
+        return x, mu, c, new_viol, n + 1, steps + k, done
+
+    start = solve_point(problem).budgets
+    m = len(spec)
+    mu0 = jnp.zeros(m, start.dtype)
+    viol0 = jnp.max(jnp.maximum(g_of(start), 0.0))
+    state = (start, mu0, jnp.asarray(solver.penalty, start.dtype), viol0, jnp.asarray(0), jnp.asarray(0), viol0 <= 0)
+    x, mu, _, _, outer, steps, done = lax.while_loop(outer_cond, outer_body, state)
+    return x, mu, outer, steps, done
+
+
+_solve_slo_jit = eqx.filter_jit(solve_slo_point)
+_values_jit = eqx.filter_jit(slo_values)
+
+
+class SLOSolution(NamedTuple):
+    """The result of :func:`solve_slo`.
+
+    - `solution`: the :class:`Solution` (budgets, J, KKT residual of J alone, steps, status);
+    - `slos`: the SLOs; `values` (m,): each constrained quantile at the budgets;
+      `multipliers` (m,): J per second of limit, 0 where the SLO does not bind;
+    - `smallest` (m,): each quantile at ℓ = 0, the least it can be;
+    - `feasible`: every SLO can be met (else the budgets are zero and `status` says why).
+    """
+
+    solution: Solution
+    slos: tuple[SLO, ...]
+    values: np.ndarray
+    multipliers: np.ndarray
+    smallest: np.ndarray
+    feasible: bool
+
+    @property
+    def status(self) -> str:
+        return "infeasible" if not self.feasible else Status(int(self.solution.status)).label
+
+
+def _spec(slos) -> tuple:
+    return tuple((s.task, s.level) for s in slos)
+
+
+def solve_slo(problem: Problem, slos, method: str = "auto", *, check: bool = True,
+              solver: AugmentedLagrangian | None = None) -> SLOSolution:
+    """Maximise J subject to the SLOs (see the module docstring).
+
+    **Arguments:** `problem` (concrete); `slos`: :class:`SLO` values (or
+    strings for :func:`parse_slo`); `method`: the quantile method
+    (:mod:`jaxalloc.quantiles`; "auto" is the exact inversion).
+
+    **Returns:** :class:`SLOSolution`; infeasible SLOs come back with
+    `feasible` False and the least achievable values in `smallest`.
+    Raises :class:`ProblemError` for a bad problem or SLO, or a server without quantiles.
+    """
+    if check:
+        validate(problem)
+    slos = tuple(parse_slo(s, problem.names) if isinstance(s, str) else SLO(*s) for s in slos)
+    if not slos:
+        raise SLOError("solve_slo: give at least one SLO, e.g. 'p99=8'")
+    check_supported(problem, method)
+    if problem.server.searched():
+        raise SLOError('server.order = "auto": an SLO needs a fixed priority order (give one, e.g. from '
+                       "a solve without --slo)")
+    spec = _spec(slos)
+    limits = np.asarray([s.limit for s in slos])
+    zero = jnp.zeros_like(problem.A)
+    smallest = np.asarray(_values_jit(problem, zero, spec, method))
+    if np.any(smallest > limits):
+        none = Solution(budgets=zero, objective=objective(problem, zero), kkt_residual=jnp.asarray(jnp.inf),
+                        iterations=jnp.asarray(0, jnp.int32), status=jnp.asarray(Status.CONVERGED, jnp.int32),
+                        server=problem.server)
+        return SLOSolution(none, slos, smallest, np.zeros(len(slos)), smallest, False)
+    x, mu, _outer, steps, done = _solve_slo_jit(problem, spec, limits, method, solver)
+    values = np.asarray(_values_jit(problem, x, spec, method))
+    j = objective(problem, x)
+    status = Status.CONVERGED if bool(done) else Status.MAX_STEPS_REACHED
+    sol = Solution(budgets=x, objective=j, kkt_residual=jnp.asarray(slo_kkt_residual(problem, x, mu, spec, limits, method)),
+                   iterations=jnp.asarray(steps, jnp.int32), status=jnp.asarray(status, jnp.int32), server=problem.server)
+    return SLOSolution(sol, slos, values, np.asarray(mu) / limits, smallest, True)
+
+
+def slo_kkt_residual(problem: Problem, budgets, mu, spec, limits, method="auto") -> float:
+    """‖ℓ − P(ℓ + ∇_ℓ L)‖∞ with L = J − Σ μ_i g_i: the projected-gradient KKT residual of the Lagrangian."""
+    limits = jnp.asarray(limits, budgets.dtype)
+    lag = lambda x: objective(problem, x) - jnp.sum(mu * (slo_values(problem, x, spec, method) / limits - 1.0))
+    g = jax.grad(lag)(budgets)
+    return float(jnp.max(jnp.abs(jnp.clip(budgets + g, 0.0, problem.max_tokens) - budgets)))
+
+
+def feasible_integer_budgets(problem: Problem, budgets, slos, method: str = "auto") -> np.ndarray:
+    """Integer budgets that meet the SLOs, near ℓ: ⌊ℓ⌋ (feasible, quantiles rise with ℓ), then each
+    budget raised to ⌈ℓ_k⌉ in turn, largest gain in J first, where J rises and the SLOs still hold."""
+    spec, limits = _spec(slos), np.asarray([s.limit for s in slos])
+    ell = np.asarray(budgets)
+    best = np.floor(ell)
+    gains = []
+    for k in np.nonzero(np.ceil(ell) > best)[0]:
+        up = best.copy()
+        up[k] += 1
+        gains.append((float(objective(problem, jnp.asarray(up))) - float(objective(problem, jnp.asarray(best))), k))
+    for gain, k in sorted(gains, reverse=True):
+        if gain <= 0:
+            break
+        up = best.copy()
+        up[k] += 1
+        if np.all(np.asarray(_values_jit(problem, jnp.asarray(up), spec, method)) <= limits) and \
+                float(objective(problem, jnp.asarray(up))) > float(objective(problem, jnp.asarray(best))):
+            best = up
+    return best.astype(int)
