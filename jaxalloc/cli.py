@@ -89,6 +89,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "--integer", default="auto", choices=["auto", "enumerate", "round", "coordinate"],
         help="integer budgets: eq. 39 enumeration, eq. 40 rounding, or coordinate search",
     )
+    solve.add_argument("--slo", action="append", default=[], metavar="[TASK:]pNN=SECONDS",
+                       help="latency SLO, repeatable: e.g. p99=8 (overall) or GSM8K:p95=5 (one task); maximises J "
+                            "subject to them (one FIFO server or priority)")
+    solve.add_argument("--quantiles", action="store_true",
+                       help="add the p50/p90/p95/p99 of the system time, overall and per task (always with --slo)")
+    solve.add_argument("--quantile-method", default="auto", choices=["auto", "lundberg", "exact"],
+                       help="quantiles: exact (Euler inversion), lundberg (Cramér-Lundberg asymptote, one FIFO server), "
+                            "auto: exact")
     solve.add_argument("--json", action="store_true", help="print JSON for programs")
     _add_server_flags(solve)
 
@@ -251,13 +259,62 @@ def _cmd_solve(args) -> int:
     from .solve import solve
 
     problem, name = _load(args.profile, args)
+    if args.slo:
+        return _cmd_solve_slo(args, problem, name)
     method = resolve_method(problem, args.method)
     solution = solve(problem, method, throw=False, check=False)
     report = solution_report(problem, solution, method, args.integer)
+    if args.quantiles:
+        report["quantiles"] = _quantiles_or_error(problem, solution.budgets, args.quantile_method)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(format_report(report, title=f"jaxalloc solve: {name} ({problem.num_tasks} tasks)"))
+    if report["status"] != "converged":
+        print(f"error: solve: {report['status']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _quantiles_or_error(problem, budgets, method: str) -> dict:
+    from .quantiles import check_supported
+    from .slo import quantile_report
+
+    check_supported(problem, method)  # QuantileError (a ProblemError): one error line, status 2
+    return quantile_report(problem, budgets, method)
+
+
+def _cmd_solve_slo(args, problem, name) -> int:
+    """`solve --slo`: maximise J subject to the SLOs; status 1 (and the least achievable values) when infeasible."""
+    from .quantiles import check_supported
+    from .report import format_report, solution_report
+    from .slo import feasible_integer_budgets, format_slo, parse_slo, slo_report, solve_slo
+
+    slos = [parse_slo(text, problem.names) for text in args.slo]
+    check_supported(problem, args.quantile_method)
+    if args.method not in ("auto", "projected-newton"):
+        raise ValueError(f"--method {args.method}: an SLO-constrained solve has its own solver "
+                         "(augmented Lagrangian with projected Newton); leave --method out")
+    result = solve_slo(problem, slos, args.quantile_method, check=False)
+    report = solution_report(problem, result.solution, "augmented-lagrangian", args.integer)
+    if result.feasible:
+        ints, value = feasible_integer_budgets(problem, result.solution.budgets, result.slos, args.quantile_method)
+        report["integer_budgets"], report["integer_objective"] = ints.tolist(), value  # they meet the SLOs too
+    report["status"] = result.status
+    report["quantiles"] = _quantiles_or_error(problem, result.solution.budgets, args.quantile_method)
+    report["slo"] = slo_report(problem, result)
+    if not result.feasible:
+        worst = [e for e in report["slo"] if e["smallest"] > e["limit"]]
+        report["message"] = "; ".join(f"SLO {e['slo']} <= {e['limit']:g} s cannot be met: the smallest achievable "
+                                      f"{e['slo']} is {e['smallest']:.6g} s (at zero budgets)" for e in worst)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report, title=f"jaxalloc solve: {name} ({problem.num_tasks} tasks)"))
+        print(format_slo(report))
+    if not result.feasible:
+        print(f"error: solve: infeasible: {report['message']}", file=sys.stderr)
+        return 1
     if report["status"] != "converged":
         print(f"error: solve: {report['status']}", file=sys.stderr)
         return 1

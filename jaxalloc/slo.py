@@ -12,19 +12,19 @@ when some q_i(0) > L_i, and that value is what the error reports.
 
 **Method.** The augmented Lagrangian of Powell, Hestenes and Rockafellar
 (Nocedal and Wright, *Numerical Optimization*, §17.4, the bound-constrained
-form), on the normalised constraints g_i = q_i / L_i − 1:
+form), on the constraints written as tails, g_i(ℓ) = log P(T > L_i) − log(1 − q_i) ≤ 0 (the
+q_i-quantile is ≤ L_i exactly when the tail at L_i is ≤ 1 − q_i; the tail needs one transform
+inversion and plain autodiff, the quantile a root solve):
 
     Φ(ℓ; μ, c) = J(ℓ) − (1/2c) Σ_i [max(0, μ_i + c g_i(ℓ))² − μ_i²],
 
 maximised over the box by projected Newton (the Bertsekas active set of
-:mod:`jaxalloc.solvers.projected_newton`, an Armijo search on Φ) with the
-curvature −∇²J + c Σ_{i active} ∇g_i ∇g_iᵀ: the exact Hessian of J from
-autodiff plus the Gauss–Newton part of the penalty (the multiplier-weighted
-∇²g_i, which needs a Hessian of a quantile through its root, is left out:
-the inner iteration stays an ascent method and converges, linearly near the
-end). Then μ_i ← max(0, μ_i + c g_i(ℓ)), and c grows ×10 when the violation
+:mod:`jaxalloc.solvers.projected_newton`, an Armijo search on Φ) on the
+autodiff Hessian of Φ, its eigenvalues taken in absolute value where it is
+not negative definite (J need not be concave under priority, and Φ is only
+C¹ where μ_i + c g_i crosses 0), so every step is an ascent step. Then μ_i ← max(0, μ_i + c g_i(ℓ)), and c grows ×10 when the violation
 did not fall by 4×. It starts from the unconstrained optimum, which is the
-answer when it already meets every SLO. At the end, μ_i / L_i is the
+answer when it already meets every SLO. At the end, μ_i (−∂g_i/∂L_i) is the
 multiplier of SLO i in J per second: how much J one more second of the limit
 would buy (∂J*/∂L_i).
 """
@@ -43,7 +43,17 @@ from jax import lax
 from .errors import ProblemError
 from .model import Problem, validate
 from .objective import objective
-from .quantiles import check_supported, level_name, parse_level, quantile
+from .quantiles import (
+    LEVELS,
+    check_supported,
+    level_name,
+    parse_level,
+    quantile,
+    resolve_method,
+    supported,
+    system_time_quantiles,
+    tail,
+)
 from .solution import Solution, Status
 from .solve import solve_point
 from .solvers.projected_newton import _dense_solve
@@ -95,6 +105,16 @@ def slo_values(problem: Problem, budgets, spec: tuple, method: str = "auto") -> 
     return jnp.stack([quantile(problem, budgets, level, task, method) for task, level in spec])
 
 
+def slo_constraints(problem: Problem, budgets, spec: tuple, limits, method: str = "auto") -> jax.Array:
+    """g_i = log P(T > L_i) − log(1 − q_i), (m,): ≤ 0 exactly when the q_i-quantile is ≤ L_i.
+
+    The tail at the limit needs no root solve (one transform inversion, plain autodiff), where the
+    quantile itself would: the solver works on these, and reports the quantiles at the end."""
+    tails = [tail(problem, budgets, limits[i], task, method) for i, (task, _level) in enumerate(spec)]
+    levels = jnp.asarray([level for _task, level in spec], budgets.dtype)
+    return jnp.log(jnp.maximum(jnp.stack(tails), 1e-300)) - jnp.log1p(-levels)
+
+
 class AugmentedLagrangian(eqx.Module):
     """Hyperparameters of :func:`solve_slo_point` (see the module docstring).
 
@@ -116,11 +136,11 @@ def solve_slo_point(problem: Problem, spec: tuple, limits, method: str = "auto",
     """(ℓ, μ, outer steps, inner steps, converged) of the SLO-constrained problem; pure JAX.
 
     `spec` ((task, level), ...) and `method` static; `limits` (m,) seconds.
-    μ are the multipliers of the normalised constraints g = q/L − 1."""
+    μ are the multipliers of the constraints g of :func:`slo_constraints`."""
     solver = DEFAULT if solver is None else solver
     top = problem.max_tokens
     limits = jnp.asarray(limits, problem.A.dtype)
-    g_of = lambda x: slo_values(problem, x, spec, method) / limits - 1.0
+    g_of = lambda x: slo_constraints(problem, x, spec, limits, method)
     jac = jax.jacrev(g_of)
     grad_j = jax.grad(lambda x: objective(problem, x))
 
@@ -250,20 +270,27 @@ def solve_slo(problem: Problem, slos, method: str = "auto", *, check: bool = Tru
     status = Status.CONVERGED if bool(done) else Status.MAX_STEPS_REACHED
     sol = Solution(budgets=x, objective=j, kkt_residual=jnp.asarray(slo_kkt_residual(problem, x, mu, spec, limits, method)),
                    iterations=jnp.asarray(steps, jnp.int32), status=jnp.asarray(status, jnp.int32), server=problem.server)
-    return SLOSolution(sol, slos, values, np.asarray(mu) / limits, smallest, True)
+    return SLOSolution(sol, slos, values, np.asarray(mu) * limit_prices(problem, x, spec, limits, method), smallest, True)
+
+
+def limit_prices(problem: Problem, budgets, spec, limits, method="auto") -> np.ndarray:
+    """−∂g_i/∂L_i (per second): turns μ_i into ∂J*/∂L_i, J per second of SLO limit."""
+    lim = jnp.asarray(limits, budgets.dtype)
+    diag = jax.jacfwd(lambda L: slo_constraints(problem, budgets, spec, L, method))(lim)
+    return -np.diagonal(np.asarray(diag))
 
 
 def slo_kkt_residual(problem: Problem, budgets, mu, spec, limits, method="auto") -> float:
     """‖ℓ − P(ℓ + ∇_ℓ L)‖∞ with L = J − Σ μ_i g_i: the projected-gradient KKT residual of the Lagrangian."""
     limits = jnp.asarray(limits, budgets.dtype)
-    lag = lambda x: objective(problem, x) - jnp.sum(mu * (slo_values(problem, x, spec, method) / limits - 1.0))
+    lag = lambda x: objective(problem, x) - jnp.sum(mu * slo_constraints(problem, x, spec, limits, method))
     g = jax.grad(lag)(budgets)
     return float(jnp.max(jnp.abs(jnp.clip(budgets + g, 0.0, problem.max_tokens) - budgets)))
 
 
-def feasible_integer_budgets(problem: Problem, budgets, slos, method: str = "auto") -> np.ndarray:
-    """Integer budgets that meet the SLOs, near ℓ: ⌊ℓ⌋ (feasible, quantiles rise with ℓ), then each
-    budget raised to ⌈ℓ_k⌉ in turn, largest gain in J first, where J rises and the SLOs still hold."""
+def feasible_integer_budgets(problem: Problem, budgets, slos, method: str = "auto") -> tuple[np.ndarray, float]:
+    """(integer budgets, their J) that meet the SLOs, near ℓ: ⌊ℓ⌋ (feasible: quantiles rise with ℓ), then
+    each budget raised to ⌈ℓ_k⌉ in turn, largest gain in J first, where J rises and the SLOs still hold."""
     spec, limits = _spec(slos), np.asarray([s.limit for s in slos])
     ell = np.asarray(budgets)
     best = np.floor(ell)
@@ -280,4 +307,57 @@ def feasible_integer_budgets(problem: Problem, budgets, slos, method: str = "aut
         if np.all(np.asarray(_values_jit(problem, jnp.asarray(up), spec, method)) <= limits) and \
                 float(objective(problem, jnp.asarray(up))) > float(objective(problem, jnp.asarray(best))):
             best = up
-    return best.astype(int)
+    return best.astype(int), float(objective(problem, jnp.asarray(best)))
+
+
+def quantile_report(problem: Problem, budgets, method: str = "auto", levels=None) -> dict | None:
+    """`{"overall": {"p50": …}, "tasks": {NAME: {…}}, "method": …}` in seconds at `budgets`, or None
+    when the server has no quantiles (FIFO with c > 1, batching)."""
+    if not supported(problem):
+        return None
+    levels = LEVELS if levels is None else tuple(levels)
+    q = _quantiles_jit(problem, jnp.asarray(budgets, problem.A.dtype), levels, method)
+    num = lambda v: float(v) if math.isfinite(float(v)) else None
+    names = list(problem.names) or [f"task{k}" for k in range(problem.num_tasks)]
+    return {
+        "overall": {level_name(lv): num(v) for lv, v in zip(levels, np.asarray(q.overall))},
+        "tasks": {n: {level_name(lv): num(v) for lv, v in zip(levels, row)} for n, row in zip(names, np.asarray(q.tasks))},
+        "method": resolve_method(problem, method),
+    }
+
+
+def slo_report(problem: Problem, result: SLOSolution) -> list[dict]:
+    """One entry per SLO: its name, task, level, limit, value at the budgets, multiplier, and whether it binds."""
+    names = list(problem.names)
+    out = []
+    for s, v, m, low in zip(result.slos, result.values, result.multipliers, result.smallest):
+        out.append({
+            "slo": s.label(names),
+            "task": None if s.task is None else names[s.task],
+            "level": s.level,
+            "limit": s.limit,
+            "value": float(v),
+            "multiplier": float(m),
+            "binding": bool(m > 0),
+            "smallest": float(low),
+        })
+    return out
+
+
+_quantiles_jit = eqx.filter_jit(system_time_quantiles)
+
+
+def format_slo(report: dict) -> str:
+    """The SLO and quantile lines of the `solve` table."""
+    lines = []
+    q = report.get("quantiles")
+    if q:
+        lines.append("system time " + " / ".join(q["overall"]) + " (s, " + q["method"] + ")  " +
+                     " / ".join("n/a" if v is None else f"{v:.4g}" for v in q["overall"].values()))
+    for e in report.get("slo", []):
+        state = "binds" if e["binding"] else "slack"
+        lines.append(f"SLO {e['slo']} <= {e['limit']:g} s: {e['value']:.6g} s ({state}; multiplier "
+                     f"{e['multiplier']:.4g} J/s; least possible {e['smallest']:.4g} s)")
+    if report.get("message"):
+        lines.append(report["message"])
+    return "\n".join(lines)

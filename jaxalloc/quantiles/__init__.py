@@ -27,7 +27,7 @@ from ..model import Problem
 from ..objective import service_times
 from . import euler
 from .lundberg import decay_rate, log_prefactor
-from .roots import mixture_quantile
+from .roots import mixture_quantile, mixture_tail
 from .transform import wait_tail_transform
 
 LEVELS = (0.5, 0.9, 0.95, 0.99)
@@ -216,6 +216,27 @@ def quantile(problem: Problem, budgets, level: float, task: int | None = None, m
     return jnp.where(ctx.stable, value, jnp.inf)
 
 
+def tail(problem: Problem, budgets, y, task: int | None = None, method: str = "auto") -> jax.Array:
+    """P(T > y): the probability that the system time exceeds y seconds, of task `task` (an index) or overall
+    (None). Plain autodiff (no root solve): the q-quantile is ≤ y exactly when this is ≤ 1 − q, which is how
+    :mod:`jaxalloc.slo` writes an SLO. Unstable points give 1. `task` and `method` static."""
+    ctx = _setup(problem, budgets, method)
+    y = jnp.asarray(y, ctx.t.dtype)
+    if ctx.method == "lundberg":
+        tails = _lundberg_tails(ctx.params)
+    elif ctx.one_queue:
+        tails = _fifo_tails(ctx.params)
+    elif task is not None:
+        sub = dict(ctx.params, higher=ctx.higher[task][None], through=ctx.through[task][None])
+        one = jnp.ones((1,), ctx.t.dtype)
+        value = mixture_tail(_exact_tails(sub), ctx.g0[task][None], ctx.t[task][None], one, y)
+        return jnp.where(ctx.stable, value, 1.0)
+    else:
+        tails = _exact_tails(ctx.params)
+    weights = ctx.prob if task is None else jnp.zeros_like(ctx.prob).at[task].set(1.0)
+    return jnp.where(ctx.stable, mixture_tail(tails, ctx.g0, ctx.t, weights, y), 1.0)
+
+
 def system_time_quantiles(problem: Problem, budgets, levels=LEVELS, method: str = "auto") -> Quantiles:
     """The `levels` quantiles of the system time, overall and per task, at budgets ℓ.
 
@@ -270,5 +291,6 @@ __all__ = [
     "resolve_method",
     "supported",
     "system_time_quantiles",
+    "tail",
     "wait_tail",
 ]

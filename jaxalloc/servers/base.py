@@ -76,7 +76,7 @@ class Server(eqx.Module):
         """λ E[S] below :meth:`capacity` (eq. 4 for one server)."""
         return lam * m1 < self.capacity(lam)
 
-    def wait_classes(self, n: int):
+    def wait_classes(self, n: int) -> tuple[Array, Array] | None:
         """(higher, through), two (N, N) 0/1 arrays: row k marks the task types served
         strictly before type k, and those served no later than k (k included), for the
         waiting-time transform of :mod:`jaxalloc.quantiles.transform`; None where the
