@@ -7,9 +7,18 @@ For a function G on x > 0 with transform Ĝ(s) = ∫ e^{−sx} G(x) dx,
 
 (Abate and Whitt, "Numerical inversion of Laplace transforms of probability
 distributions", ORSA J. Computing 7, 1995, eqs. 13 and 15). The discretisation
-error is at most e^{−A}/(1 − e^{−A}) for 0 ≤ G ≤ 1: 1e-8 with A = 18.4; the
-Euler step with n = 15, m = 11 makes the truncation error of the same order
-for the tails here. Rounding is amplified by e^{A/2} ≈ 1e4: use float64.
+error is at most e^{−A}/(1 − e^{−A}) for 0 ≤ G ≤ 1: 1e-8 with A = 18.4.
+Rounding is amplified by e^{A/2} ≈ 1e4: use float64.
+
+**Terms.** Deterministic service makes the wait's density jump at the service
+times and their sums, and the series converges slowly there. Measured on
+M/D/1 (ρ = 0.3, one service time d: the worst case, every kink at a multiple
+of d) against Erlang's closed form: Abate and Whitt's usual n = 15, m = 11
+was off by 2% at tail 1e-2 (x = 2d) and 9% at 2e-6 (x = 6d); n = 60, m = 20
+is within 5e-5 relative at x = 2d, 2.5d, 3d, 6d, 3e-4 at 1.5d, and 4e-3 within
+0.001d of a kink (tests/test_quantiles.py). A quantile moves by the tail's
+relative error divided by γy (≥ 1 where it matters), so the p99 is exact
+to about 1e-4.
 """
 
 from __future__ import annotations
@@ -20,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 A = 18.4
-TERMS = 15
-EULER = 11
+TERMS = 60
+EULER = 20
 
 
 def _weights(dtype) -> tuple[np.ndarray, np.ndarray]:
