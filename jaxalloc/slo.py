@@ -115,6 +115,18 @@ def slo_constraints(problem: Problem, budgets, spec: tuple, limits, method: str 
     return jnp.log(jnp.maximum(jnp.stack(tails), 1e-300)) - jnp.log1p(-levels)
 
 
+def slo_caps(problem: Problem, spec: tuple, limits) -> jax.Array:
+    """Per-task upper bounds on ℓ implied by the SLOs, (N,): a task whose own quantile is constrained, or whose
+    share alone exceeds an overall SLO's 1 − q, must have t_k = t0_k + c_k ℓ_k below the limit (else P(T > L)
+    ≥ its share, and the tail no longer moves with ℓ_k: a flat, infeasible region the solver must not enter)."""
+    top = jnp.broadcast_to(problem.max_tokens, problem.A.shape)
+    for i, (task, level) in enumerate(spec):
+        bound = (limits[i] - problem.t0) / problem.c * (1.0 - 1e-9)
+        needs = (jnp.arange(problem.num_tasks) == task) if task is not None else (problem.prob >= 1.0 - level)
+        top = jnp.where(needs, jnp.minimum(top, jnp.maximum(bound, 0.0)), top)
+    return top
+
+
 class AugmentedLagrangian(eqx.Module):
     """Hyperparameters of :func:`solve_slo_point` (see the module docstring).
 
@@ -138,8 +150,8 @@ def solve_slo_point(problem: Problem, spec: tuple, limits, method: str = "auto",
     `spec` ((task, level), ...) and `method` static; `limits` (m,) seconds.
     μ are the multipliers of the constraints g of :func:`slo_constraints`."""
     solver = DEFAULT if solver is None else solver
-    top = problem.max_tokens
     limits = jnp.asarray(limits, problem.A.dtype)
+    top = slo_caps(problem, spec, limits)
     g_of = lambda x: slo_constraints(problem, x, spec, limits, method)
     jac = jax.jacrev(g_of)
     grad_j = jax.grad(lambda x: objective(problem, x))
@@ -195,7 +207,7 @@ def solve_slo_point(problem: Problem, spec: tuple, limits, method: str = "auto",
         done = (new_viol <= solver.tol) & (k < solver.max_inner)
         return x, mu, c, new_viol, n + 1, steps + k, done
 
-    start = solve_point(problem).budgets
+    start = jnp.minimum(solve_point(problem).budgets, top)
     m = len(spec)
     mu0 = jnp.zeros(m, start.dtype)
     viol0 = jnp.max(jnp.maximum(g_of(start), 0.0))

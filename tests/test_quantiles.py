@@ -141,7 +141,7 @@ def test_p99_matches_a_simulation_of_ten_million_queries(paper):
     ell = ja.solve(paper).budgets
     for rho, tol in ((0.17, 0.05), (0.5, 0.02), (0.8, 0.02)):
         p = _at_load(paper, ell, rho)
-        res = simulate(p, ell, queries=5_000_000, replications=2, warmup=20_000, store_limit=10_000_001)
+        res = simulate(p, ell, queries=5_000_000, replications=2, warmup=20_000, store_limit=12_000_000)
         sim = simulation_report(p, ell, res)
         assert sim["quantiles"] == "exact"
         theory = _quantiles(p, ell, levels=(0.95, 0.99), method="auto")
@@ -170,7 +170,7 @@ def test_p99_of_random_problems_matches_simulation(seed):
     base = random_problem(seed, 4, 0.1, 1.0)
     ell = jnp.asarray(np.random.default_rng(seed).uniform(0, 50, 4))
     p = _at_load(base, ell, 0.6)
-    res = simulate(p, ell, queries=5_000_000, replications=2, warmup=20_000, store_limit=10_000_001)
+    res = simulate(p, ell, queries=5_000_000, replications=2, warmup=20_000, store_limit=12_000_000)
     sim = simulation_report(p, ell, res)
     theory = _quantiles(p, ell, levels=(0.95, 0.99), method="exact")
     assert float(theory.overall[1]) == pytest.approx(sim["p99"], rel=0.02)
@@ -182,7 +182,7 @@ def test_priority_quantiles_per_task_match_simulation(paper):
     """Non-preemptive priority, ρ = 0.5, 10^7 queries: every task's p95 and p99 within 5%."""
     ell = jnp.array([50.0, 300.0, 20.0, 0.0, 300.0, 30.0])
     p = _at_load(paper, ell, 0.5).replace(server=priority_from_order(list(reversed(paper.names)), paper.names))
-    res = simulate(p, ell, queries=5_000_000, replications=2, warmup=20_000, store_limit=10_000_001)
+    res = simulate(p, ell, queries=5_000_000, replications=2, warmup=20_000, store_limit=12_000_000)
     sim = simulation_report(p, ell, res)
     theory = _quantiles(p, ell, levels=(0.95, 0.99), method="auto")
     for k, entry in enumerate(sim["per_task"]):
