@@ -145,6 +145,10 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="solver (default auto: newton for a fifo or batching server, projected-newton for priority)")
     sw.add_argument("--integer", default="auto", choices=["auto", "enumerate", "round", "coordinate"],
                     help="integer budgets (auto: eq. 39 enumeration up to 8 tasks, coordinate search up to 64, rounding beyond)")
+    sw.add_argument("--quantile-method", default="auto", choices=["auto", "lundberg", "exact", "none"],
+                    help="method of the p95 and p99 columns (system-time quantiles at each point's optimum): auto "
+                         "(default: lundberg, the fast asymptote, for one FIFO server; exact for priority), lundberg, "
+                         "exact, or none (no columns, fastest); a server without quantiles gets none, with a note")
     sw.add_argument("--float32", action="store_true", help="solve in float32 (faster; ~0.05 token from float64)")
     sw.add_argument("--block", type=int, metavar="N", help="points per compiled call and per row group")
     sw.add_argument("--no-resume", action="store_true", help="start over even if finished blocks of this sweep exist")
@@ -339,7 +343,7 @@ def _parse_range(text: str) -> tuple[float, float, int]:
 
 
 def _cmd_sweep(args) -> int:
-    from .sweep import parse_range, sweep
+    from .sweep import missing_quantiles, parse_range, sweep
 
     axes = {}
     for flag, name in (("arrival_rate", "arrival_rate"), ("alpha", "alpha"), ("max_tokens", "max_tokens")):
@@ -372,10 +376,13 @@ def _cmd_sweep(args) -> int:
             raise _UsageError(f"--coordinator = {args.coordinator!r}: jax.distributed failed: {err}") from None
     problem, name = _load(args.profile, args, overrides=False)
     result = sweep(problem, axes, method=resolve_method(problem, args.method), integer=args.integer,
-                   dtype="float32" if args.float32 else None, out=args.out, resume=not args.no_resume,
-                   progress=args.progress, block=args.block)
+                   quantiles=args.quantile_method, dtype="float32" if args.float32 else None, out=args.out,
+                   resume=not args.no_resume, progress=args.progress, block=args.block)
     summary = result.summary()
     summary["figures"] = []
+    no_quantiles = missing_quantiles(result.plan.problem) if args.quantile_method == "auto" else None
+    if no_quantiles is not None:
+        print(f"note: no p95/p99 columns: {no_quantiles}", file=sys.stderr)
     if result.discarded_blocks:
         n = result.discarded_blocks
         print(f"note: discarded {n:,} finished block{'s' if n > 1 else ''} of a different sweep at {args.out}.parts",
@@ -401,9 +408,10 @@ def _cmd_sweep(args) -> int:
         if result.already_complete:
             print(f"  already complete: {summary['points']:,} points in {summary['path']}")
         else:
+            quantiles = f", p95/p99 {summary['quantile_method']}" if summary["quantile_method"] else ""
             print(f"  solved {summary['computed_points']:,} points in {summary['seconds']:.2f} s "
                   f"({summary['points_per_second']:,.0f} points/s including compilation, {summary['dtype']}, "
-                  f"{summary['method']}, {summary['devices']} device{'s' if summary['devices'] > 1 else ''})")
+                  f"{summary['method']}{quantiles}, {summary['devices']} device{'s' if summary['devices'] > 1 else ''})")
         print(f"  status: {counts}")
         if not result.already_complete:
             print(f"  wrote {summary['path']}" if result.complete else
