@@ -306,7 +306,7 @@ def _cmd_simulate(args) -> int:
         problem, budgets, queries=args.queries, replications=args.replications, seed=args.seed,
         warmup=args.warmup, service_cv=args.service_cv,
     )
-    report = simulation_report(problem, budgets, result, service_cv=args.service_cv)
+    report = simulation_report(problem, budgets, result, service_cv=args.service_cv, theory_quantiles=True)
     if args.plot is not None:
         from .plots import plot_system_time_histogram
 
