@@ -127,6 +127,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sens.add_argument("--out", default="sensitivity", metavar="PREFIX", help="writes PREFIX.csv and PREFIX.png")
     sens.add_argument("--simulate", type=int, default=0, metavar="K",
                       help="with --task: also simulate K budgets across the range (10,000 queries x 20 replications)")
+    sens.add_argument("--quantile", action="append", default=[], metavar="pNN",
+                      help="also a quantile of the system time at each point's budgets, e.g. p99 (a CSV column and "
+                           "a panel of the PNG; exact inversion; one FIFO server or priority; repeatable)")
     sens.add_argument("--json", action="store_true", help="print JSON for programs")
     _add_server_flags(sens)
 
@@ -437,10 +440,12 @@ def _cmd_sensitivity(args) -> int:
 
     from .files import check_writable
     from .plots import plot_budget_curve, plot_parameter_curve
+    from .quantiles import level_name, parse_level
     from .sensitivity import budget_curve, parameter_curve, simulated_budget_points, task_index
 
     if (args.task is None) == (args.param is None):
         raise _UsageError("sensitivity: give exactly one of --task NAME or --param NAME")
+    levels = tuple(dict.fromkeys(parse_level(text) for text in args.quantile))  # in order, once each
     problem, name = _load(args.profile, args, overrides=False)
     start, stop, num = _parse_range(args.range)
     values = np.linspace(start, stop, num)
@@ -453,7 +458,7 @@ def _cmd_sensitivity(args) -> int:
     check_writable("--out", png_path)
     if args.task is not None:
         task_index(problem, args.task)  # unknown task: error before any work
-        curve = budget_curve(problem, args.task, values)
+        curve = budget_curve(problem, args.task, values, quantiles=levels)
         header = ["budget", "objective", "lower_bound"]
         rows = np.column_stack([curve["budget"], curve["objective"], curve["lower_bound"]])
         sim = None
@@ -469,11 +474,15 @@ def _cmd_sensitivity(args) -> int:
         summary = {"task": args.task, "best_budget_on_grid": best,
                    "optimal_budget": float(curve["optimum"][problem.names.index(args.task)])}
     else:
-        curve = parameter_curve(problem, args.param, values)
+        curve = parameter_curve(problem, args.param, values, quantiles=levels)
         header = [args.param] + [f"budget_{t}" for t in problem.names] + [f"d_budget_{t}" for t in problem.names]
         rows = np.column_stack([curve["value"], curve["budgets"], curve["derivative"]])
         plot_parameter_curve(curve, args.param, problem.names, png_path, title=f"{name}: optimal budgets along {args.param}")
         summary = {"param": args.param}
+    if levels:
+        header += [level_name(q) for q in levels]
+        rows = np.column_stack([rows, curve["quantiles"]])
+        summary["quantiles"] = [level_name(q) for q in levels]
     with open(csv_path, "w", encoding="utf-8") as f:
         f.write(",".join(header) + "\n")
         f.writelines(",".join(repr(float(x)) for x in row) + "\n" for row in rows)
