@@ -739,6 +739,32 @@ def plot_server_load(servers: dict, names, path, mark: float | None = None, titl
     _save(fig, plt, path)
 
 
+def plot_quantile_frontier(frontier: dict, path, mark: float | None = None, title: str = "") -> None:
+    """Fig. 8 of `jaxalloc reproduce`: mean accuracy at ℓ*(α) against the 99th percentile of the
+    system time (solid) and against the mean E[T] (dashed, for comparison), as α varies; the point of
+    α = `mark` circled on both. `frontier` is :func:`jaxalloc.reproduce.quantile_frontier`'s output."""
+    plt = _pyplot()
+    alpha = np.asarray(frontier["alpha"], float)
+    acc = np.asarray(frontier["accuracy"], float)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for key, style, label in (("p99", "-", "p99 of the system time (exact)"),
+                              ("mean_system_time", "--", "mean system time E[T]")):
+        x = np.array([np.nan if v is None else v for v in frontier[key]], float)
+        ax.plot(x, acc, style, color="k", marker="." if key == "p99" else None, lw=1.6, label=f"accuracy against {label}")
+        if mark is not None:
+            at = int(np.argmin(np.abs(alpha - mark)))
+            ax.plot(x[at], acc[at], "o", mfc="none", mec="C3", ms=9,
+                    label=f"paper's {value_label('alpha', alpha[at], fmt='g')}" if key == "p99" else None)
+    _log_scale(ax, "x")
+    ax.set_xlabel(axis_label("system_time", note="p99 solid, mean E[T] dashed; log scale"))
+    ax.set_ylabel(axis_label("accuracy"))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title or f"Beyond the paper: accuracy against latency at ℓ*(α), α from {alpha.min():g} to "
+                          f"{alpha.max():g} (log-spaced)", fontsize=10)
+    _save(fig, plt, path)
+
+
 def _server_label(desc: dict) -> str:
     if desc["kind"] == "fifo":
         return "one FIFO server (paper)" if desc.get("servers", 1) == 1 else f"{desc['servers']} FIFO servers"
