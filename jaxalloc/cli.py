@@ -135,6 +135,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sens.add_argument("--out", default="sensitivity", metavar="PREFIX", help="writes PREFIX.csv and PREFIX.png")
     sens.add_argument("--simulate", type=int, default=0, metavar="K",
                       help="with --task: also simulate K budgets across the range (10,000 queries x 20 replications)")
+    sens.add_argument("--quantile", action="append", default=[], metavar="pNN",
+                      help="also a quantile of the system time at each point's budgets, e.g. p99 (a CSV column and "
+                           "a panel of the PNG; exact inversion; one FIFO server or priority; repeatable)")
     sens.add_argument("--json", action="store_true", help="print JSON for programs")
     _add_server_flags(sens)
 
@@ -153,6 +156,10 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="solver (default auto: newton for a fifo or batching server, projected-newton for priority)")
     sw.add_argument("--integer", default="auto", choices=["auto", "enumerate", "round", "coordinate"],
                     help="integer budgets (auto: eq. 39 enumeration up to 8 tasks, coordinate search up to 64, rounding beyond)")
+    sw.add_argument("--quantile-method", default="auto", choices=["auto", "lundberg", "exact", "none"],
+                    help="method of the p95 and p99 columns (system-time quantiles at each point's optimum): auto "
+                         "(default: lundberg, the fast asymptote, for one FIFO server; exact for priority), lundberg, "
+                         "exact, or none (no columns, fastest); a server without quantiles gets none, with a note")
     sw.add_argument("--float32", action="store_true", help="solve in float32 (faster; ~0.05 token from float64)")
     sw.add_argument("--block", type=int, metavar="N", help="points per compiled call and per row group")
     sw.add_argument("--no-resume", action="store_true", help="start over even if finished blocks of this sweep exist")
@@ -359,7 +366,7 @@ def _cmd_simulate(args) -> int:
         problem, budgets, queries=args.queries, replications=args.replications, seed=args.seed,
         warmup=args.warmup, service_cv=args.service_cv,
     )
-    report = simulation_report(problem, budgets, result, service_cv=args.service_cv)
+    report = simulation_report(problem, budgets, result, service_cv=args.service_cv, theory_quantiles=True)
     if args.plot is not None:
         from .plots import plot_system_time_histogram
 
@@ -396,7 +403,7 @@ def _parse_range(text: str) -> tuple[float, float, int]:
 
 
 def _cmd_sweep(args) -> int:
-    from .sweep import parse_range, sweep
+    from .sweep import missing_quantiles, parse_range, sweep
 
     axes = {}
     for flag, name in (("arrival_rate", "arrival_rate"), ("alpha", "alpha"), ("max_tokens", "max_tokens")):
@@ -429,10 +436,13 @@ def _cmd_sweep(args) -> int:
             raise _UsageError(f"--coordinator = {args.coordinator!r}: jax.distributed failed: {err}") from None
     problem, name = _load(args.profile, args, overrides=False)
     result = sweep(problem, axes, method=resolve_method(problem, args.method), integer=args.integer,
-                   dtype="float32" if args.float32 else None, out=args.out, resume=not args.no_resume,
-                   progress=args.progress, block=args.block)
+                   quantiles=args.quantile_method, dtype="float32" if args.float32 else None, out=args.out,
+                   resume=not args.no_resume, progress=args.progress, block=args.block)
     summary = result.summary()
     summary["figures"] = []
+    no_quantiles = missing_quantiles(result.plan.problem) if args.quantile_method == "auto" else None
+    if no_quantiles is not None:
+        print(f"note: no p95/p99 columns: {no_quantiles}", file=sys.stderr)
     if result.discarded_blocks:
         n = result.discarded_blocks
         print(f"note: discarded {n:,} finished block{'s' if n > 1 else ''} of a different sweep at {args.out}.parts",
@@ -458,9 +468,10 @@ def _cmd_sweep(args) -> int:
         if result.already_complete:
             print(f"  already complete: {summary['points']:,} points in {summary['path']}")
         else:
+            quantiles = f", p95/p99 {summary['quantile_method']}" if summary["quantile_method"] else ""
             print(f"  solved {summary['computed_points']:,} points in {summary['seconds']:.2f} s "
                   f"({summary['points_per_second']:,.0f} points/s including compilation, {summary['dtype']}, "
-                  f"{summary['method']}, {summary['devices']} device{'s' if summary['devices'] > 1 else ''})")
+                  f"{summary['method']}{quantiles}, {summary['devices']} device{'s' if summary['devices'] > 1 else ''})")
         print(f"  status: {counts}")
         if not result.already_complete:
             print(f"  wrote {summary['path']}" if result.complete else
@@ -486,10 +497,12 @@ def _cmd_sensitivity(args) -> int:
 
     from .files import check_writable
     from .plots import plot_budget_curve, plot_parameter_curve
+    from .quantiles import level_name, parse_level
     from .sensitivity import budget_curve, parameter_curve, simulated_budget_points, task_index
 
     if (args.task is None) == (args.param is None):
         raise _UsageError("sensitivity: give exactly one of --task NAME or --param NAME")
+    levels = tuple(dict.fromkeys(parse_level(text) for text in args.quantile))  # in order, once each
     problem, name = _load(args.profile, args, overrides=False)
     start, stop, num = _parse_range(args.range)
     values = np.linspace(start, stop, num)
@@ -502,7 +515,7 @@ def _cmd_sensitivity(args) -> int:
     check_writable("--out", png_path)
     if args.task is not None:
         task_index(problem, args.task)  # unknown task: error before any work
-        curve = budget_curve(problem, args.task, values)
+        curve = budget_curve(problem, args.task, values, quantiles=levels)
         header = ["budget", "objective", "lower_bound"]
         rows = np.column_stack([curve["budget"], curve["objective"], curve["lower_bound"]])
         sim = None
@@ -518,11 +531,15 @@ def _cmd_sensitivity(args) -> int:
         summary = {"task": args.task, "best_budget_on_grid": best,
                    "optimal_budget": float(curve["optimum"][problem.names.index(args.task)])}
     else:
-        curve = parameter_curve(problem, args.param, values)
+        curve = parameter_curve(problem, args.param, values, quantiles=levels)
         header = [args.param] + [f"budget_{t}" for t in problem.names] + [f"d_budget_{t}" for t in problem.names]
         rows = np.column_stack([curve["value"], curve["budgets"], curve["derivative"]])
         plot_parameter_curve(curve, args.param, problem.names, png_path, title=f"{name}: optimal budgets along {args.param}")
         summary = {"param": args.param}
+    if levels:
+        header += [level_name(q) for q in levels]
+        rows = np.column_stack([rows, curve["quantiles"]])
+        summary["quantiles"] = [level_name(q) for q in levels]
     with open(csv_path, "w", encoding="utf-8") as f:
         f.write(",".join(header) + "\n")
         f.writelines(",".join(repr(float(x)) for x in row) + "\n" for row in rows)

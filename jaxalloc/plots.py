@@ -79,6 +79,7 @@ QUANTITIES: dict[str, Quantity] = {
     "task_accuracy": Quantity("accuracy", "p_k(ℓ)", "fraction correct", ""),
     "service_time": Quantity("service time", "t(ℓ)", "s", " s"),
     "system_time": Quantity("system time", "T = wait + service", "s", " s"),
+    "system_time_quantile": Quantity("quantile of the system time", "T_q", "s", " s"),
     "queries_per_bin": Quantity("queries per bin", "", "count", ""),
     "gain": Quantity("gain in objective", "ΔJ", "s", " s"),
     "loss": Quantity("loss in objective", "ΔJ", "s", " s"),
@@ -283,7 +284,13 @@ def plot_budget_curve(curve: dict, task: str, path, title: str = "", simulated: 
     :func:`jaxalloc.sensitivity.simulated_budget_points`'. With `color`, J and J̄
     are drawn in that colour (solid and dashed) instead of blue and red."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    if "quantiles" in curve:
+        fig, (ax, below) = plt.subplots(2, 1, figsize=(7, 7.5), dpi=110, sharex=True, height_ratios=(3, 2))
+        _quantile_panel(below, curve["budget"], curve)
+        below.set_xlabel(axis_label("thinking_budget", task))
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+        ax.set_xlabel(axis_label("thinking_budget", task))
     if simulated is not None:
         ax.errorbar(simulated["budget"], simulated["objective"], yerr=simulated["halfwidth"], fmt="o", color="k",
                     ms=4, capsize=3, label="simulated J (95% interval)", zorder=3)
@@ -293,7 +300,6 @@ def plot_budget_curve(curve: dict, task: str, path, title: str = "", simulated: 
     best = int(np.argmax(curve["objective"]))
     ax.axvline(curve["budget"][best], color="0.5", ls=":",
                label=f"best on grid: {value_label('thinking_budget', curve['budget'][best], fmt='.0f')}")
-    ax.set_xlabel(axis_label("thinking_budget", task))
     ax.set_ylabel(axis_label("objective", note="α · accuracy − E[T]"))
     ax.set_title(title or f"J as the {task} budget varies")
     ax.legend()
@@ -301,9 +307,16 @@ def plot_budget_curve(curve: dict, task: str, path, title: str = "", simulated: 
 
 
 def plot_parameter_curve(curve: dict, param: str, names, path, title: str = "") -> None:
-    """ℓ*(θ) (top) and dℓ*/dθ by implicit differentiation (bottom), one colour per task."""
+    """ℓ*(θ) (top) and dℓ*/dθ by implicit differentiation (below), one colour per task; with
+    `curve["quantiles"]`, a third panel: those quantiles of the system time at ℓ*(θ)."""
     plt = _pyplot()
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6.5), dpi=110, sharex=True)
+    if "quantiles" in curve:
+        fig, (top, bottom, below) = plt.subplots(3, 1, figsize=(7, 9), dpi=110, sharex=True)
+        _quantile_panel(below, curve["value"], curve)
+        below.set_xlabel(axis_label(param))
+    else:
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6.5), dpi=110, sharex=True)
+        bottom.set_xlabel(axis_label(param))
     for k, name in enumerate(names):
         top.plot(curve["value"], curve["budgets"][:, k], color=f"C{k % 10}", label=name)
         bottom.plot(curve["value"], curve["derivative"][:, k], color=f"C{k % 10}")
@@ -312,10 +325,23 @@ def plot_parameter_curve(curve: dict, param: str, names, path, title: str = "") 
         bottom.text(0.5, 0.5, f"{QUANTITIES[param].words} takes whole numbers: no derivative", ha="center",
                     va="center", transform=bottom.transAxes)
     bottom.set_ylabel(f"dℓ*/d{QUANTITIES[param].symbol} ({_per(param)})")
-    bottom.set_xlabel(axis_label(param))
     top.set_title(title or f"Optimal budgets along {QUANTITIES[param].words} {QUANTITIES[param].symbol}")
     top.legend(fontsize=8)
     _save(fig, plt, path)
+
+
+def _quantile_panel(ax, x, curve: dict) -> None:
+    """The quantiles of the system time in `curve` (`quantiles`, len × levels, at `levels`) against x,
+    one line per level; unstable points (+inf) left out."""
+    from .quantiles import level_name
+
+    values = np.asarray(curve["quantiles"], float)
+    for i, q in enumerate(np.asarray(curve["levels"], float)):
+        y = np.where(np.isfinite(values[:, i]), values[:, i], np.nan)
+        ax.plot(x, y, color=f"C{i % 10}", lw=1.8, label=f"{level_name(q)} of T (exact)")
+    ax.set_ylabel(axis_label("system_time_quantile"))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 # ---------------------------------------------------------------- sweeps
@@ -710,6 +736,32 @@ def plot_server_load(servers: dict, names, path, mark: float | None = None, titl
     bottom.legend(fontsize=8, loc="lower left")
     top.set_title(title or "Beyond the paper: optimal budgets and J against λ, one FIFO server and continuous batching",
                   fontsize=10)
+    _save(fig, plt, path)
+
+
+def plot_quantile_frontier(frontier: dict, path, mark: float | None = None, title: str = "") -> None:
+    """Fig. 8 of `jaxalloc reproduce`: mean accuracy at ℓ*(α) against the 99th percentile of the
+    system time (solid) and against the mean E[T] (dashed, for comparison), as α varies; the point of
+    α = `mark` circled on both. `frontier` is :func:`jaxalloc.reproduce.quantile_frontier`'s output."""
+    plt = _pyplot()
+    alpha = np.asarray(frontier["alpha"], float)
+    acc = np.asarray(frontier["accuracy"], float)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    for key, style, label in (("p99", "-", "p99 of the system time (exact)"),
+                              ("mean_system_time", "--", "mean system time E[T]")):
+        x = np.array([np.nan if v is None else v for v in frontier[key]], float)
+        ax.plot(x, acc, style, color="k", marker="." if key == "p99" else None, lw=1.6, label=f"accuracy against {label}")
+        if mark is not None:
+            at = int(np.argmin(np.abs(alpha - mark)))
+            ax.plot(x[at], acc[at], "o", mfc="none", mec="C3", ms=9,
+                    label=f"paper's {value_label('alpha', alpha[at], fmt='g')}" if key == "p99" else None)
+    _log_scale(ax, "x")
+    ax.set_xlabel(axis_label("system_time", note="p99 solid, mean E[T] dashed; log scale"))
+    ax.set_ylabel(axis_label("accuracy"))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title or f"Beyond the paper: accuracy against latency at ℓ*(α), α from {alpha.min():g} to "
+                          f"{alpha.max():g} (log-spaced)", fontsize=10)
     _save(fig, plt, path)
 
 

@@ -7,7 +7,9 @@ curves), Fig. 3 (J under uniform budgets and the optimal allocation), Fig. 4
 paper, ℓ* as the load λ grows to saturation, the gain over the best uniform
 budget and the integer-rounding loss, and ℓ* and J along λ under a
 continuous-batching server (B = 64, β = 0.05) beside the paper's one FIFO
-server (:func:`server_study`, docs/servers.md). It writes figures, CSV files,
+server (:func:`server_study`, docs/servers.md), and the frontier of mean
+accuracy against the 99th percentile of the system time as α varies
+(:func:`quantile_frontier`). It writes figures, CSV files,
 `summary.json` and `report.md` (which states where and why the numbers differ
 from the paper's) into one folder. `jaxalloc reproduce` is its command line.
 """
@@ -70,8 +72,13 @@ FIGURES = {
     "load_budgets": "fig5_budgets_vs_load.png",
     "load_gain": "fig6_gain_and_rounding_vs_load.png",
     "servers": "fig7_servers_vs_load.png",
+    "frontier": "fig8_accuracy_vs_p99.png",
 }
-TABLES = {"table1": "table1.csv", "fig4": "fig4_gsm8k_budget.csv", "load": "load.csv", "servers": "servers_load.csv"}
+TABLES = {"table1": "table1.csv", "fig4": "fig4_gsm8k_budget.csv", "load": "load.csv", "servers": "servers_load.csv",
+          "frontier": "frontier_p99.csv"}
+FRONTIER_ALPHA = (1.0, 1000.0)
+"""Fig. 8 (:func:`quantile_frontier`): α log-spaced over this range, plus the profile's own α."""
+FRONTIER_POINTS = 30
 STUDY_SERVERS = {"fifo": {"kind": "fifo", "servers": 1},
                  "batching": {"kind": "batching", "max_batch": 64, "batch_slowdown": 0.05}}
 """The servers of Fig. 7 (:func:`server_study`): the paper's, and continuous batching
@@ -336,6 +343,56 @@ def server_study(problem: Problem, points: int = 60) -> dict[str, Any]:
     return out
 
 
+# ---------------------------------------------------------------- beyond the paper: latency quantiles
+
+
+@eqx.filter_jit
+def _frontier_points(problem: Problem, alphas, solver):
+    """ℓ*(α) and what Fig. 8 draws at it, one compiled call for all α (vmapped solves)."""
+    from .quantiles import system_time_quantiles
+    from .solve import solve_point
+
+    def one(alpha):
+        q = problem.replace(alpha=alpha)
+        solution = solve_point(q, solver)
+        ell = solution.budgets
+        m1, m2 = moments(q, ell)
+        return {"budgets": ell, "status": solution.status, "accuracy": mean_accuracy(q, ell),
+                "p99": system_time_quantiles(q, ell, (0.99,), "exact").overall[0],
+                "mean_system_time": mean_system_time(q.arrival_rate, m1, m2),
+                "utilization": utilization(q.arrival_rate, m1)}
+
+    return jax.vmap(one)(alphas)
+
+
+def quantile_frontier(problem: Problem, points: int = FRONTIER_POINTS) -> dict[str, Any]:
+    """Mean accuracy against the 99th percentile of the system time along the optimum as α varies (Fig. 8).
+
+    For α log-spaced over :data:`FRONTIER_ALPHA` (`points` values, plus the
+    profile's own α), ℓ*(α) is solved; at each optimum the mean accuracy, the
+    exact p99 of the overall system time (:mod:`jaxalloc.quantiles`), E[T]
+    and ρ. A larger α buys accuracy with latency: along the α path both
+    accuracy and p99 grow (weakly: where no budget moves, neither does).
+
+    **Returns:** a dict of lists: `alpha`, `accuracy`, `p99` (s),
+    `mean_system_time` (s), `utilization`, `budgets` (rows of N); and
+    `quantile_method` ("exact").
+    """
+    from .quantiles import check_supported
+    from .solve import solver_for
+
+    check_supported(problem, "exact")
+    alphas = np.union1d(np.geomspace(*FRONTIER_ALPHA, points), [float(problem.alpha)])
+    out = {k: np.asarray(v) for k, v in _frontier_points(problem, jnp.asarray(alphas),
+                                                           solver_for(problem, "newton")).items()}
+    failed = int(np.sum(out.pop("status") != 0))
+    if failed:
+        raise ReproduceError(f"accuracy-p99 frontier: {failed} values of α did not converge")
+    budgets = out.pop("budgets")
+    return {"alpha": alphas.tolist(), **{k: [json_number(x) for x in v.astype(float)] for k, v in out.items()},
+            "budgets": budgets.tolist(), "quantile_method": "exact"}
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -527,12 +584,14 @@ def _run(problem: Problem, conf: dict[str, Any], out: Path, markers, marker_info
     }
 
     step(5, f"beyond the paper: ℓ*, best uniform budget and rounding loss at {conf['load_points']} arrival rates; "
-            "ℓ* and J for one FIFO server and a batching server (Fig. 7)")
+            "ℓ* and J for one FIFO server and a batching server (Fig. 7); accuracy against p99 along α (Fig. 8)")
     load = load_study(problem, conf["load_points"])
     plots.plot_load_budgets(load, names, out / FIGURES["load_budgets"], mark=float(problem.arrival_rate))
     plots.plot_load_gain(load, out / FIGURES["load_gain"], mark=float(problem.arrival_rate))
     servers = server_study(problem, conf["load_points"])
     plots.plot_server_load(servers, names, out / FIGURES["servers"], mark=float(problem.arrival_rate))
+    frontier = quantile_frontier(problem)
+    plots.plot_quantile_frontier(frontier, out / FIGURES["frontier"], mark=float(problem.alpha))
 
     step(6, "writing table1.csv, CSV data, summary.json and report.md")
     header = ["task"] + [f"{p}{f}" for f in TASK_FIELDS + ("budget",) for p in ("", "paper_", "diff_")] + ["integer_budget"]
@@ -547,6 +606,9 @@ def _run(problem: Problem, conf: dict[str, Any], out: Path, markers, marker_info
                    load["arrival_rate"], load["budgets"], load["integer_budgets"],
                    *(load[k] for k in load_header[1 + 2 * n:]))))
     _write_csv(out / TABLES["servers"], *server_table(servers, names))
+    frontier_header = ["alpha", "accuracy", "p99", "mean_system_time", "utilization"] + [f"budget_{t}" for t in names]
+    _write_csv(out / TABLES["frontier"], frontier_header,
+               ([*row, *b] for *row, b in zip(*(frontier[k] for k in frontier_header[:5]), frontier["budgets"])))
     summary = {
         "settings": conf,
         "operating_point": {"arrival_rate": float(problem.arrival_rate), "alpha": float(problem.alpha),
@@ -563,6 +625,7 @@ def _run(problem: Problem, conf: dict[str, Any], out: Path, markers, marker_info
         "fig4": fig4,
         "load": load,
         "servers": servers,
+        "frontier": frontier,
         "files": list(FILES),
     }
     summary["seconds"] = time.perf_counter() - start
@@ -716,6 +779,7 @@ def format_markdown(summary: dict[str, Any]) -> str:
         "",
     ]
     lines += _server_lines(summary, names)
+    lines += _frontier_lines(summary)
     picks = sorted(set(np.linspace(0, len(lam) - 1, 8).round().astype(int)) | {at})
     header = ["λ (1/s)", "ρ at ℓ*"] + [f"ℓ* {n}" for k, n in enumerate(names) if positive[:, k].any()] + \
         ["best uniform ℓ", "gain", "rounding loss", "J − J̄"]
@@ -757,6 +821,37 @@ def _server_lines(summary: dict[str, Any], names: list[str]) -> list[str]:
     ]
 
 
+def _frontier_point(summary: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The frontier of Fig. 8 and the index of the paper's α on it."""
+    frontier = summary["frontier"]
+    at = int(np.argmin(np.abs(np.asarray(frontier["alpha"]) - summary["operating_point"]["alpha"])))
+    return frontier, at
+
+
+def _frontier_lines(summary: dict[str, Any]) -> list[str]:
+    """The Fig. 8 bullet of report.md: accuracy against p99 along α."""
+    if not summary.get("frontier"):
+        return []
+    fr, at = _frontier_point(summary)
+    acc, p99, mean = fr["accuracy"], fr["p99"], fr["mean_system_time"]
+    return [
+        (f"- **Accuracy against the 99th percentile of the system time** (Fig. 8, `{FIGURES['frontier']}`, "
+         f"`{TABLES['frontier']}`): along ℓ*(α) for {len(fr['alpha'])} values of α from {fr['alpha'][0]:g} to "
+         f"{fr['alpha'][-1]:g}, the mean accuracy rises from {acc[0]:.4f} to {acc[-1]:.4f} while p99 rises from "
+         f"{p99[0]:.3g} s to {p99[-1]:.3g} s (exact inversion of the waiting-time transform, `jaxalloc.quantiles`). "
+         f"At the paper's α = {fr['alpha'][at]:g}: accuracy {acc[at]:.4f}, p99 = {p99[at]:.3f} s, "
+         f"{p99[at] / mean[at]:.1f} times the mean system time E[T] = {mean[at]:.3f} s."),
+        "",
+    ]
+
+
+def _frontier_summary(summary: dict[str, Any]) -> str:
+    fr, at = _frontier_point(summary)
+    return (f"Fig. 8   at α = {fr['alpha'][at]:g}: accuracy {fr['accuracy'][at]:.4f}, p99 {fr['p99'][at]:.3f} s "
+            f"(E[T] {fr['mean_system_time'][at]:.3f} s); p99 from {min(fr['p99']):.3g} to {max(fr['p99']):.3g} s "
+            f"over {len(fr['alpha'])} values of α")
+
+
 def format_summary(summary: dict[str, Any], out) -> str:
     """A few lines for people: the headline numbers of a :func:`reproduce` summary and what was written."""
     table, fig4, load = summary["table1"], summary["fig4"], summary["load"]
@@ -773,5 +868,6 @@ def format_summary(summary: dict[str, Any], out) -> str:
         (f"beyond   at λ = {load['arrival_rate'][at]:g}: gain over the best uniform budget {load['gain'][at]:.4f}, "
          f"rounding loss {load['integer_loss'][at]:.2g} (eq. 41 bound {load['bound_gap'][at]:.4f}); rounding loss at "
          f"most {max(load['integer_loss']):.2g} over {len(load['arrival_rate'])} rates up to saturation"),
+        _frontier_summary(summary),
         f"wrote {len(summary['files'])} files into {out}: " + ", ".join(summary["files"]),
     ])

@@ -7,10 +7,15 @@
   ℓ_max, or a parameter of the problem's server (`batch_slowdown`; and
   `servers` / `max_batch`, whole numbers, for which ℓ* comes without a
   derivative: NaN).
+
+Both can add quantiles of the system time at each point's budgets
+(`quantiles=(0.99,)`: the exact inversion of :mod:`jaxalloc.quantiles`,
+for one FIFO server or priority classes).
 """
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,8 +23,9 @@ import numpy as np
 from .implicit import optimal_budgets
 from .model import Problem, ProblemError
 from .objective import integer_lower_bound, objective
+from .quantiles import check_level, check_supported, system_time_quantiles
 from .servers import SWEEPABLE
-from .solve import solve
+from .solve import solve, solve_point, solver_for
 
 SCALAR_FIELDS = ("arrival_rate", "alpha", "max_tokens") + SWEEPABLE
 """Parameters :func:`parameter_curve` can vary: the operating point and the server's scalar parameters."""
@@ -34,13 +40,45 @@ def task_index(problem: Problem, task: str) -> int:
     return problem.names.index(task)
 
 
-def budget_curve(problem: Problem, task: str, budgets) -> dict[str, np.ndarray]:
+def quantile_levels(problem: Problem, quantiles) -> tuple[float, ...]:
+    """`quantiles` (levels in (0, 1)) checked, with the problem's server: a
+    :class:`~jaxalloc.quantiles.QuantileError` naming the level or the server otherwise."""
+    levels = tuple(check_level(q) for q in quantiles)
+    if levels:
+        check_supported(problem, "exact")
+    return levels
+
+
+@eqx.filter_jit
+def _quantiles_at(problem: Problem, points, levels: tuple[float, ...]):
+    """The `levels` quantiles of the overall system time at each row of `points` (P, L), exact inversion."""
+    return jax.vmap(lambda ell: system_time_quantiles(problem, ell, levels, "exact").overall)(points)
+
+
+@eqx.filter_jit
+def _quantiles_along(problem: Problem, param: str, theta, budgets, levels: tuple[float, ...]):
+    """The same along a parameter: problem θ = `theta[i]` at the budgets `budgets[i]` (its own
+    priority order where the solver chooses it, as ℓ* was solved for)."""
+    def one(v, ell):
+        q = problem.replace(**{param: v})
+        if q.server.searched():
+            q = q.replace(server=solve_point(q, solver_for(q, None)).server)
+        return system_time_quantiles(q, ell, levels, "exact").overall
+
+    return jax.vmap(one)(theta, budgets)
+
+
+def budget_curve(problem: Problem, task: str, budgets, quantiles=()) -> dict[str, np.ndarray]:
     """J and J̄ (eq. 41) as ℓ_task takes each value of `budgets`, the others at ℓ*.
 
     **Returns:** a dict of arrays: `budget`, `objective`, `lower_bound`, plus
-    `optimum` (ℓ*) and `optimal_objective` (J(ℓ*)).
+    `optimum` (ℓ*) and `optimal_objective` (J(ℓ*)); with `quantiles` (levels,
+    e.g. (0.95, 0.99)) also `quantiles`, the overall system time's quantiles at
+    each point (len × levels, seconds, +inf where the queue is unstable), and
+    `levels`.
     """
     k = task_index(problem, task)
+    levels = quantile_levels(problem, quantiles)
     solution = solve(problem)
     problem = problem.replace(server=solution.server)  # for order = "auto": the order chosen
     star = solution.budgets
@@ -48,13 +86,16 @@ def budget_curve(problem: Problem, task: str, budgets) -> dict[str, np.ndarray]:
     points = jnp.broadcast_to(star, (grid.size, star.size)).at[:, k].set(grid)
     values = jax.vmap(objective, in_axes=(None, 0))(problem, points)
     bounds = jax.vmap(integer_lower_bound, in_axes=(None, 0))(problem, points)
-    return {
+    out = {
         "budget": np.asarray(grid),
         "objective": np.asarray(values),
         "lower_bound": np.asarray(bounds),
         "optimum": np.asarray(star),
         "optimal_objective": np.asarray(objective(problem, star)),
     }
+    if levels:
+        out.update(quantiles=np.asarray(_quantiles_at(problem, points, levels)), levels=np.asarray(levels))
+    return out
 
 
 def simulated_objectives(problem: Problem, budgets, *, queries: int = 10_000, replications: int = 20,
@@ -104,7 +145,7 @@ def simulated_budget_points(problem: Problem, task: str, budgets, *, queries: in
     return {"budget": values, "objective": sim["objective"], "halfwidth": sim["halfwidth"]}
 
 
-def parameter_curve(problem: Problem, param: str, values) -> dict[str, np.ndarray]:
+def parameter_curve(problem: Problem, param: str, values, quantiles=()) -> dict[str, np.ndarray]:
     """ℓ*(θ) and dℓ*/dθ for θ = `param` over `values`.
 
     `param`: arrival_rate, alpha, max_tokens, or a parameter of the problem's
@@ -113,7 +154,9 @@ def parameter_curve(problem: Problem, param: str, values) -> dict[str, np.ndarra
     (the server is resized to hold the largest) and the derivative is NaN:
     they are integers, with no derivative.
 
-    **Returns:** a dict with `value` (θ), `budgets` (len × N) and `derivative` (len × N).
+    **Returns:** a dict with `value` (θ), `budgets` (len × N) and `derivative` (len × N);
+    with `quantiles` (levels) also `quantiles`, the overall system time's quantiles
+    at ℓ*(θ) (len × levels, seconds), and `levels`.
     """
     if param not in SCALAR_FIELDS:
         raise ProblemError(f"param = {param!r}: expected one of {', '.join(SCALAR_FIELDS)}")
@@ -130,6 +173,7 @@ def parameter_curve(problem: Problem, param: str, values) -> dict[str, np.ndarra
         problem = problem.replace(server=problem.server.resized(int(raw.max())))
     elif param in ("batch_slowdown", "admission") and (raw < 0).any():
         raise ProblemError(f"{param} = {raw[raw < 0][0]:g}: must be >= 0")
+    levels = quantile_levels(problem, quantiles)  # after resizing: servers > 1 have none
     theta = jnp.asarray(raw, problem.A.dtype)
     f = lambda v: optimal_budgets(problem.replace(**{param: v}))
     if param in INTEGER_FIELDS:
@@ -137,4 +181,8 @@ def parameter_curve(problem: Problem, param: str, values) -> dict[str, np.ndarra
         derivative = jnp.full_like(budgets, jnp.nan)
     else:
         budgets, derivative = jax.vmap(lambda v: jax.jvp(f, (v,), (jnp.ones_like(v),)))(theta)
-    return {"value": np.asarray(theta), "budgets": np.asarray(budgets), "derivative": np.asarray(derivative)}
+    out = {"value": np.asarray(theta), "budgets": np.asarray(budgets), "derivative": np.asarray(derivative)}
+    if levels:
+        out.update(quantiles=np.asarray(_quantiles_along(problem, param, theta, budgets, levels)),
+                   levels=np.asarray(levels))
+    return out

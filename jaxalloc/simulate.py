@@ -63,10 +63,12 @@ import math
 from functools import partial
 from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .errors import ProblemError
 from .model import Problem
 from .objective import moments, service_times, task_accuracy, utilization
 from .report import json_number
@@ -404,7 +406,56 @@ def _quantiles(result: SimulationResult, qs=(0.5, 0.95, 0.99)):
     return overall, None, "histogram"
 
 
-def simulation_report(problem: Problem, budgets, result: SimulationResult, service_cv: float = 0.0) -> dict[str, Any]:
+THEORY_LEVELS = (0.5, 0.95, 0.99)
+"""The quantiles set beside the simulated ones (p50, p95, p99)."""
+
+
+@eqx.filter_jit
+def _exact_quantiles(problem: Problem, budgets):
+    from .quantiles import system_time_quantiles
+
+    return system_time_quantiles(problem, budgets, THEORY_LEVELS, "exact")
+
+
+def theory_quantile_values(problem: Problem, budgets, service_cv: float = 0.0):
+    """The model's p50, p95, p99 of the system time at `budgets` (:data:`THEORY_LEVELS`, the exact inversion
+    of :mod:`jaxalloc.quantiles`), overall and per task, where the model gives them.
+
+    **Returns:** `(overall, tasks, note)`: a list of 3 and one such list per task, in seconds (+inf where
+    the queue is unstable), and ""; or `(None, None, note)`, `note` saying why there are none: the
+    service time is jittered (the quantiles assume deterministic service per type, `service_cv` = 0), or
+    the server has no quantiles (FIFO with servers > 1, batching).
+    """
+    from .quantiles import check_supported
+
+    if service_cv != 0:
+        return None, None, f"service_cv = {service_cv:g}: the theory's quantiles assume deterministic service per type"
+    try:
+        check_supported(problem, "exact")
+    except ProblemError as err:
+        return None, None, str(err)
+    ell = jnp.asarray(budgets, problem.A.dtype)
+    q = _exact_quantiles(problem, ell)
+    return np.asarray(q.overall).tolist(), np.asarray(q.tasks).tolist(), ""
+
+
+def _theory_quantile_keys(problem: Problem, budgets, service_cv: float, asked: bool, stable: bool):
+    """The report's theory quantiles: (top-level keys, a dict of keys per task)."""
+    names = ["theory_p50", "theory_p95", "theory_p99"]
+    overall, tasks, note = None, None, "not computed (theory_quantiles=False)"
+    if asked and not stable:
+        note = "queue unstable: no quantiles"
+    elif asked:
+        overall, tasks, note = theory_quantile_values(problem, budgets, service_cv)
+    top = {k: None if overall is None else json_number(v) for k, v in zip(names, overall or [None] * 3)}
+    top.update(theory_quantiles="exact" if overall is not None else None, theory_quantiles_note=note)
+    per = [{k: None if tasks is None else json_number(v) for k, v in zip(names, row)}
+           for row in (tasks or [[None] * 3] * problem.num_tasks)]
+    return top, per
+
+
+def simulation_report(problem: Problem, budgets, result: SimulationResult, service_cv: float = 0.0,
+                      theory_quantiles: bool = False) -> dict[str, Any]:
     """The contract's JSON fields for one simulated operating point.
 
     Contract keys: `mean_system_time`, `mean_system_time_ci95` ([lo, hi]),
@@ -414,7 +465,13 @@ def simulation_report(problem: Problem, budgets, result: SimulationResult, servi
     `theory_accuracy`, `theory_utilization` (λE[S] / the server's capacity;
     `utilization` likewise), `quantiles` ("exact" or "histogram"), `server`
     (kind and parameters), `theory` (the formula's name) and `per_task` (one
-    dict per task type, its theory the server's E[T_k]). The wait is T − S,
+    dict per task type, its theory the server's E[T_k]). With
+    `theory_quantiles` (off by default: its first call compiles for some
+    seconds), `theory_p50`, `theory_p95`, `theory_p99`, overall and per task,
+    are the model's quantiles of the system time (:func:`theory_quantile_values`,
+    the exact inversion); they are null, with `theory_quantiles_note` saying
+    why, for jittered service (`service_cv` > 0), a server without quantiles,
+    or an unstable queue; `theory_quantiles` is "exact" or null. The wait is T − S,
     the time a query spends beyond its own batch-1 service time (the queueing
     wait for FIFO and priority servers). When the queue is
     unstable every system-time figure is null; with one replication the
@@ -436,6 +493,7 @@ def simulation_report(problem: Problem, budgets, result: SimulationResult, servi
     capacity = float(result.capacity)
     theory_w = float(result.theory_mean_wait)
     st = (lambda v: json_number(v) if stable else None)
+    theory_q, theory_q_tasks = _theory_quantile_keys(problem, budgets, service_cv, theory_quantiles, stable)
     per_task = []
     for k in range(K):
         mk, cik = _ratio_ci(sum_t[:, k], counts[:, k])
@@ -460,6 +518,7 @@ def simulation_report(problem: Problem, budgets, result: SimulationResult, servi
         }
         for name, i in (("p50", 0), ("p95", 1), ("p99", 2)):
             entry[name] = st(per_q[k][i]) if per_q is not None else None
+        entry.update(theory_q_tasks[k])
         per_task.append(entry)
     if stable:
         status, message = "stable", ""
@@ -477,6 +536,7 @@ def simulation_report(problem: Problem, budgets, result: SimulationResult, servi
         "p50": st(overall_q[0]),
         "p95": st(overall_q[1]),
         "p99": st(overall_q[2]),
+        **theory_q,
         "accuracy": json_number(acc),
         "accuracy_ci95": [json_number(acc_ci[0]), json_number(acc_ci[1])],
         "theory_accuracy": float(result.theory_accuracy),
@@ -500,6 +560,18 @@ def simulation_report(problem: Problem, budgets, result: SimulationResult, servi
         "theory": theory_name(problem.server),
         "per_task": per_task,
     }
+
+
+def _theory_quantile_line(report: dict[str, Any], f) -> list[str]:
+    """`p50 / p95 / p99 (theory) ...`: the model's quantiles, or why there are none (no line for a report
+    without the keys)."""
+    if "theory_quantiles_note" not in report:
+        return []
+    head = "p50 / p95 / p99 (theory)"
+    if report["theory_quantiles"] is None:
+        return [f"{head} — ({report['theory_quantiles_note']})"]
+    values = " / ".join(f(report[k]) for k in ("theory_p50", "theory_p95", "theory_p99"))
+    return [f"{head} {values} s (exact inversion)"]
 
 
 def format_simulation_report(report: dict[str, Any], title: str = "") -> str:
@@ -535,6 +607,7 @@ def format_simulation_report(report: dict[str, Any], title: str = "") -> str:
         (f"mean wait             {f(report['mean_wait'])} s, 95% CI {ci(report['mean_wait_ci95'])}"
          f" (theory {f(report['theory_mean_wait'])})"),
         f"p50 / p95 / p99       {f(report['p50'])} / {f(report['p95'])} / {f(report['p99'])} s",
+        *_theory_quantile_line(report, f),
         (f"accuracy              {f(report['accuracy'])}, 95% CI {ci(report['accuracy_ci95'])}"
          f" (theory {report['theory_accuracy']:.4f})"),
         f"utilization           {f(report['utilization'])} (theory {report['theory_utilization']:.4f})",

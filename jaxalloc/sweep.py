@@ -84,6 +84,7 @@ from .errors import Interrupted
 from .files import replacing, why_unwritable
 from .model import Problem, ProblemError, validate
 from .objective import load, mean_accuracy
+from .quantiles import check_supported, level_name, supported, system_time_quantiles
 from .report import server_system_time
 from .servers import SWEEPABLE
 from .solution import Status
@@ -105,6 +106,13 @@ SWEEP_COORDINATE_TASKS = 64
 CHUNK_ELEMENTS = 24576  # points × tasks vmapped together: 4096 points at N = 6, fastest on a 2-core CPU
 DEFAULT_BLOCK = 1 << 17  # points per compiled call, and per row group of the output ...
 BLOCK_ELEMENTS = 1 << 22  # ... and at most this many points × tasks (32 MiB per float64 array of budgets)
+
+
+QUANTILE_LEVELS = (0.95, 0.99)
+"""The system-time quantiles a sweep stores, overall, at each point's continuous ℓ*: columns `p95`, `p99`."""
+QUANTILE_METHODS = ("auto", "lundberg", "exact", "none")
+"""`quantiles=` of :func:`sweep`: "auto" is "lundberg" for one FIFO server (the asymptote: fast, p99 within
+0.5% of the exact inversion from a load of 0.17 up) and "exact" for priority; "none" stores no quantile."""
 
 
 class SweepError(ValueError):
@@ -272,6 +280,8 @@ class SweepPlan:
     block: int
     chunk: int
     devices: int
+    quantiles: str | None = None
+    """The quantile method of the columns p95 and p99 ("lundberg" or "exact"), None without them."""
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -301,17 +311,27 @@ class SweepPlan:
         h = hashlib.sha256()
         head = {"version": __version__, "method": self.method, "integer": self.integer, "block": self.block,
                     "chunk": self.chunk, "dtype": str(self.dtype), "axes": [a.name for a in self.axes]}
+        if self.quantiles is not None:  # a sweep without quantile columns keeps its fingerprint
+            head["quantiles"] = self.quantiles
         h.update(json.dumps(head, sort_keys=True).encode())
         h.update(problem_to_toml(self.problem).encode())
         for a in self.axes:
             h.update(np.ascontiguousarray(a.values, np.float64).tobytes())
         return h.hexdigest()
 
+    def quantile_columns(self) -> list[str]:
+        """`p95`, `p99` (:data:`QUANTILE_LEVELS`), or none without quantiles."""
+        return [] if self.quantiles is None else [level_name(q) for q in QUANTILE_LEVELS]
+
+    def point_columns(self) -> list[str]:
+        """The columns of one number per point that follow the budgets."""
+        return (["objective", "accuracy", "mean_system_time", *self.quantile_columns(), "utilization", "status",
+                 "kkt_residual", "iterations"])
+
     def column_names(self) -> list[str]:
         names = self.problem.names
         return ([a.name for a in self.axes] + [f"budget_{t}" for t in names]
-                + [f"integer_budget_{t}" for t in names]
-                + ["objective", "accuracy", "mean_system_time", "utilization", "status", "kkt_residual", "iterations"])
+                + [f"integer_budget_{t}" for t in names] + self.point_columns())
 
 
 def _method_name(problem: Problem, method) -> str:
@@ -328,8 +348,36 @@ def _method_name(problem: Problem, method) -> str:
     return solve_module.method_name(solver_for(problem, None if method == "auto" else method))
 
 
+def sweep_quantile_method(problem: Problem, quantiles: str | None) -> str | None:
+    """The quantile method a sweep of `problem` uses for its columns p95 and p99, None for no columns:
+    `quantiles` None or "none"; "auto" on a server without quantiles (see :func:`missing_quantiles`).
+    An explicit "lundberg" or "exact" the server cannot do is a
+    :class:`~jaxalloc.quantiles.QuantileError` naming the server."""
+    if quantiles is None or quantiles == "none":
+        return None
+    if quantiles not in QUANTILE_METHODS:
+        raise SweepError(f"quantiles = {quantiles!r}: expected one of {', '.join(QUANTILE_METHODS)}")
+    if quantiles == "auto":
+        if not supported(problem):
+            return None
+        return "lundberg" if problem.server.kind == "fifo" else "exact"
+    check_supported(problem, quantiles)
+    return quantiles
+
+
+def missing_quantiles(problem: Problem) -> str | None:
+    """Why a sweep of `problem` (its server resized for the axes: :attr:`SweepPlan.problem`) has no
+    quantile columns under "auto": the server's reason, or None when it has them."""
+    try:
+        check_supported(problem)
+    except ProblemError as err:
+        return str(err)
+    return None
+
+
 def plan_sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "auto", integer: str = "auto",
-               dtype=None, block: int | None = None, chunk: int | None = None, devices: int | None = None) -> SweepPlan:
+               quantiles: str | None = "auto", dtype=None, block: int | None = None, chunk: int | None = None,
+               devices: int | None = None) -> SweepPlan:
     """Check a sweep and fix its block layout. Arguments as in :func:`sweep`."""
     validate(problem, stability=False)
     get_solver(method)  # unknown method: ValueError naming it
@@ -346,6 +394,7 @@ def plan_sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "auto
         problem = problem.astype(dtype)
     axis_list = tuple(make_axes(problem, axes))
     problem = resized_for_axes(problem, axis_list)
+    quantile_method = sweep_quantile_method(problem, quantiles)  # after resizing: servers > 1 have none
     devices = jax.local_device_count() if devices is None else int(devices)
     if devices < 1 or devices > jax.local_device_count():
         raise SweepError(f"devices = {devices}: this process has {jax.local_device_count()} local devices")
@@ -365,26 +414,39 @@ def plan_sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "auto
         chunk = max(1, min(int(chunk), -(-size // devices), -(-int(block) // devices)))
         per_block = devices * chunk
         block = per_block * max(1, min(-(-int(block) // per_block), -(-size // per_block)))
-    return SweepPlan(problem, axis_list, method, integer, block, chunk, devices)
+    return SweepPlan(problem, axis_list, method, integer, block, chunk, devices, quantile_method)
 
 
 # ---------------------------------------------------------------- computing a block
 
 
-def _point_columns(problem: Problem, solution, integer: str) -> dict:
+def _overall_quantiles(problem: Problem, ell, method: str):
+    """The :data:`QUANTILE_LEVELS` quantiles of the system time at ℓ (L,), computed in float64 where
+    JAX has it (the transform inversion needs it), returned in ℓ's dtype; +inf where the queue is unstable."""
+    wide = jnp.float64 if jax.config.jax_enable_x64 else ell.dtype
+    q = system_time_quantiles(problem.astype(wide), ell.astype(wide), QUANTILE_LEVELS, method).overall
+    return q.astype(ell.dtype)
+
+
+def _point_columns(problem: Problem, solution, integer: str, quantiles: str | None) -> dict:
     """The derived columns of one point (vmapped)."""
     ell = solution.budgets
     stable = solution.status != Status.UNSTABLE_QUEUE
-    return {
+    out = {
         "integer_budgets": jnp.where(stable, integer_budgets(problem, ell, integer), 0.0),
         "accuracy": mean_accuracy(problem, ell),
         "mean_system_time": jnp.where(stable, server_system_time(problem, ell), jnp.inf),
         "utilization": load(problem, ell),  # λE[S] / capacity (ρ of eq. 4 for one server)
     }
+    if quantiles is not None:
+        q = _overall_quantiles(problem, ell, quantiles)
+        for i, level in enumerate(QUANTILE_LEVELS):
+            out[level_name(level)] = jnp.where(stable, q[i], jnp.inf)
+    return out
 
 
 def _compute_block(problem: Problem, values: tuple, start, targets: tuple, shape: tuple, solver, integer: str,
-                   block: int, chunk: int, devices: int) -> dict:
+                   quantiles: str | None, block: int, chunk: int, devices: int) -> dict:
     """Columns of points start .. start + block − 1 (indices past the end repeat the last point).
 
     They come out as the table stores them, so that the host wraps the device
@@ -403,8 +465,8 @@ def _compute_block(problem: Problem, values: tuple, start, targets: tuple, shape
         sol = solve_batch(problem, fields, solver)
         # each point's columns on the server its budgets were solved for (a priority "auto"
         # server: the order chosen at that point)
-        extra = jax.vmap(lambda f, s: _point_columns(problem.replace(**f).replace(server=s.server), s, integer))(
-            fields, sol)
+        extra = jax.vmap(lambda f, s: _point_columns(problem.replace(**f).replace(server=s.server), s, integer,
+                                                     quantiles))(fields, sol)
         return dict(budgets=sol.budgets, objective=sol.objective, kkt_residual=sol.kkt_residual,
                     iterations=sol.iterations, status=sol.status, **extra)
 
@@ -443,7 +505,7 @@ def _block_table(plan: SweepPlan, index: int, out: dict):
         for k, t in enumerate(plan.problem.names):
             cols[prefix + t] = column([p[k] for p in parts])
     labels = pa.array([s.label for s in Status])
-    for name in ("objective", "accuracy", "mean_system_time", "utilization", "status", "kkt_residual", "iterations"):
+    for name in plan.point_columns():
         parts = _host_parts(out[name])
         if name == "status":
             parts = [pa.DictionaryArray.from_arrays(pa.array(p), labels) for p in parts]
@@ -629,7 +691,8 @@ class _ParquetStream:
         self.out, self.tmp, self.writer = out, out.with_name(out.name + ".tmp"), None
         self.meta = {_META_KEY: json.dumps({"fingerprint": plan.fingerprint(), "shape": list(plan.shape),
                                                 "axes": [a.name for a in plan.axes], "method": plan.method,
-                                                "integer": plan.integer, "dtype": str(plan.dtype)}).encode()}
+                                                "integer": plan.integer, "quantiles": plan.quantiles,
+                                                "dtype": str(plan.dtype)}).encode()}
 
     def write(self, table) -> None:
         import pyarrow.parquet as pq
@@ -735,6 +798,7 @@ class SweepResult:
     def summary(self) -> dict[str, Any]:
         return {"path": None if self.path is None else str(self.path), "points": self.plan.size,
                     "shape": list(self.plan.shape), "axes": [a.name for a in self.plan.axes], "method": self.plan.method,
+                    "quantile_method": self.plan.quantiles,
                     "dtype": str(self.plan.dtype), "blocks": self.plan.num_blocks, "devices": self.plan.devices,
                     "computed_points": self.computed_points,
                     "seconds": self.seconds, "points_per_second": self.points_per_second,
@@ -753,7 +817,7 @@ def _progress_bar(total: int, initial: int, enabled: bool | None, desc: str):
 
 
 def sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "auto", integer: str = "auto",
-          dtype=None, out: str | os.PathLike | None = None, resume: bool = True, progress: bool | None = None,
+          quantiles: str | None = "auto", dtype=None, out: str | os.PathLike | None = None, resume: bool = True, progress: bool | None = None,
           block: int | None = None, chunk: int | None = None, devices: int | None = None,
           process_index: int | None = None, process_count: int | None = None,
           on_block: Callable[[int], None] | None = None) -> SweepResult:
@@ -772,6 +836,12 @@ def sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "auto", in
       :data:`SWEEP_ENUMERATE_TASKS` tasks, coordinate search up to
       :data:`SWEEP_COORDINATE_TASKS`, rounding beyond), "enumerate", "round"
       (eq. 40) or "coordinate".
+    - `quantiles`: the method of the columns `p95` and `p99` (the overall
+      system time's quantiles at each point's continuous ℓ*, +inf where the
+      queue is unstable; :mod:`jaxalloc.quantiles`): "auto" (default:
+      "lundberg" for one FIFO server, "exact" for priority, no columns for a
+      server without quantiles, see :func:`missing_quantiles`), "lundberg",
+      "exact", or "none" (no columns). Part of the fingerprint.
     - `dtype`: e.g. `jnp.float32` for speed (about 2× on a CPU; budgets agree
       with float64 to a few hundredths of a token); default the problem's.
     - `out`: Parquet path; without it the rows are returned in memory.
@@ -795,8 +865,8 @@ def sweep(problem: Problem, axes: Mapping[str, Any], *, method: str = "auto", in
     finished blocks are written.
     """
     t_start = time.perf_counter()
-    plan = plan_sweep(problem, axes, method=method, integer=integer, dtype=dtype, block=block, chunk=chunk,
-                      devices=devices)
+    plan = plan_sweep(problem, axes, method=method, integer=integer, quantiles=quantiles, dtype=dtype, block=block,
+                      chunk=chunk, devices=devices)
     p_index = jax.process_index() if process_index is None else int(process_index)
     p_count = jax.process_count() if process_count is None else int(process_count)
     if not 0 <= p_index < p_count:
@@ -948,7 +1018,8 @@ def _solve_blocks(plan: SweepPlan, blocks, done: set[int], writer: _Writer) -> N
             writer.put(i, None)
             continue
         writer.put(i, _compute_block_jit(plan.problem, values, jnp.asarray(i * plan.block, itype), targets,
-                                         plan.shape, solver, plan.integer, plan.block, plan.chunk, plan.devices))
+                                         plan.shape, solver, plan.integer, plan.quantiles, plan.block, plan.chunk,
+                                         plan.devices))
 
 
 @contextlib.contextmanager

@@ -146,6 +146,12 @@ def test_sensitivity_writes_csv_and_png(tmp_path, capsys):
     (["--task", "GSM8K", "--range", "a:b:c"], "expected START:STOP:NUM"),
     (["--task", "MATH", "--range", "0:10:3"], "task = 'MATH': unknown task"),
     (["--range", "0:10:3"], "exactly one of --task"),
+    (["--task", "GSM8K", "--range", "0:10:3", "--quantile", "p100"], "quantile level 'p100': must lie in (0, 1)"),
+    (["--task", "GSM8K", "--range", "0:10:3", "--quantile", "median"], "quantile level 'median': expected pNN"),
+    (["--task", "GSM8K", "--range", "0:10:3", "--quantile", "p99", "--server", "batching",
+      "--max-batch", "8"],
+     "server.kind = 'batching': quantiles are not supported"),
+    (["--param", "servers", "--range", "1:2:2", "--quantile", "p99"], "(fifo with servers > 1)"),
 ])
 def test_sensitivity_bad_input(tmp_path, capsys, args, needle):
     assert main(["sensitivity", *args, "--out", str(tmp_path / "x")]) == 2

@@ -324,6 +324,67 @@ def test_default_sweep_columns_are_the_papers_bit_for_bit(paper):
         assert table["utilization"][i] == pytest.approx(float(q.arrival_rate * m1), rel=1e-14)
 
 
+def test_priority_sweep_quantiles_are_the_exact_ones():
+    """A priority sweep's p95 and p99 (auto: the exact inversion) at each row's budgets."""
+    import equinox as eqx
+
+    from jaxalloc.quantiles import QuantileError, system_time_quantiles
+    from jaxalloc.sweep import QUANTILE_LEVELS, sweep
+
+    base = two_problem(make_server("priority", ("math", "chat"), order=["chat", "math"]))
+    result = sweep(base, {"arrival_rate": [0.5, 2.0, 20.0], "alpha": [5.0, 50.0]}, block=8)
+    assert result.plan.quantiles == "exact"
+    table = result.to_table().to_pydict()
+    quantiles = eqx.filter_jit(lambda q, ell: system_time_quantiles(q, ell, QUANTILE_LEVELS, "exact").overall)
+    for i in range(6):
+        if table["status"][i] == "unstable_queue":
+            assert table["p95"][i] == table["p99"][i] == float("inf")
+            continue
+        q = base.replace(arrival_rate=jnp.asarray(table["arrival_rate"][i]), alpha=jnp.asarray(table["alpha"][i]))
+        ell = jnp.asarray([table["budget_math"][i], table["budget_chat"][i]])
+        np.testing.assert_allclose([table["p95"][i], table["p99"][i]], np.asarray(quantiles(q, ell)), rtol=1e-9)
+    assert table["status"].count("unstable_queue") == 2  # λ = 20: λ Σπ t0 = 2.5
+    with pytest.raises(QuantileError, match="quantile method 'lundberg': for one FIFO server only"):
+        sweep(base, {"arrival_rate": [0.5]}, quantiles="lundberg")
+
+
+@pytest.mark.slow
+def test_sweep_without_quantiles_for_servers_that_have_none(tmp_path, capsys):
+    """c > 1 FIFO servers and batching: no p95/p99 columns, one note on stderr (not an error);
+    asked for by name, a quantile method such a server lacks is an error."""
+    import pyarrow.parquet as pq
+
+    from jaxalloc.sweep import missing_quantiles, plan_sweep
+
+    path = profile(tmp_path, "servers = 2")
+    grid = ["--arrival-rate", "0.5:1:3", "--no-figures"]  # one compilation for both runs
+    out = tmp_path / "b.parquet"
+    assert main(["sweep", path, *grid, "--out", str(out), "--json"]) == 0
+    captured = capsys.readouterr()
+    notes = [line for line in captured.err.splitlines() if "p95" in line]
+    assert notes == [("note: no p95/p99 columns: server.kind = 'fifo': quantiles are not supported for this "
+                      "server (fifo with servers > 1); they are for one FIFO server and for priority classes")], \
+        captured.err
+    assert json.loads(captured.out)["quantile_method"] is None
+    columns = pq.read_schema(out).names
+    assert "p95" not in columns and "p99" not in columns and "mean_system_time" in columns
+    # none asked: no columns and no note
+    assert main(["sweep", path, *grid, "--out", str(tmp_path / "n.parquet"), "--quantile-method", "none"]) == 0
+    assert "note: no p95" not in capsys.readouterr().err
+    assert main(["sweep", path, *grid, "--out", str(tmp_path / "e.parquet"), "--quantile-method", "exact"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: server.kind = 'fifo': quantiles are not supported") and err.count("\n") == 1
+    assert not (tmp_path / "e.parquet").exists()
+    # batching, and an axis over servers (the server resized to hold 2): none either
+    batching = make_server("batching", (), max_batch=4, batch_slowdown=0.1)
+    for problem, axes, why in ((two_problem(batching), {"arrival_rate": [0.5]}, "(batching)"),
+                               (two_problem(), {"servers": [1.0, 2.0]}, "(fifo with servers > 1)")):
+        plan = plan_sweep(problem, axes)
+        assert plan.quantiles is None and "p99" not in plan.column_names()
+        assert why in missing_quantiles(plan.problem)
+    assert missing_quantiles(plan_sweep(two_problem(), {"servers": [1.0]}).problem) is None
+
+
 # ---------------------------------------------------------------- sensitivity
 
 

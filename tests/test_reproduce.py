@@ -155,6 +155,30 @@ def test_figures_files_and_progress(run):
                                    "seed": 0, "quick": True}
 
 
+@pytest.mark.slow
+def test_accuracy_p99_frontier(run, paper):
+    """Fig. 8: along α the optimum buys accuracy with latency, so accuracy increases with p99 (weakly:
+    at small α no budget moves); the paper's α is a point, its p99 the exact one at ℓ*."""
+    from jaxalloc.quantiles import system_time_quantiles
+
+    out, summary, stdout, _ = run
+    frontier = summary["frontier"]
+    alpha, acc, p99 = (np.asarray(frontier[k], float) for k in ("alpha", "accuracy", "p99"))
+    assert alpha.size == 31 and np.all(np.diff(alpha) > 0) and frontier["quantile_method"] == "exact"
+    assert np.all(np.diff(acc) >= 0) and np.all(np.diff(p99) >= 0) and acc[-1] > acc[0] and p99[-1] > 10 * p99[0]
+    assert np.all(np.diff(acc[np.argsort(p99, kind="stable")]) >= 0)
+    at = int(np.flatnonzero(alpha == 30.0)[0])
+    star = ja.solve(paper).budgets
+    exact = jax.jit(lambda ell: system_time_quantiles(paper, ell, (0.99,), "exact").overall[0])(star)
+    assert p99[at] == pytest.approx(float(exact), rel=1e-9)
+    assert acc[at] == pytest.approx(float(ja.mean_accuracy(paper, star)), rel=1e-12)
+    with open(out / "frontier_p99.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 31 and list(rows[0])[:5] == ["alpha", "accuracy", "p99", "mean_system_time", "utilization"]
+    assert float(rows[at]["p99"]) == p99[at]
+    assert FIGURES["frontier"] in (out / "report.md").read_text() and "Fig. 8   at α = 30" in stdout
+
+
 def test_printed_half_unit():
     assert printed_half_unit("3.20e-3") == pytest.approx(5e-6)
     assert printed_half_unit("0.1380") == pytest.approx(5e-5)

@@ -57,6 +57,27 @@ def test_paper_profile_matches_pollaczek_khinchine(paper, paper_run):
     assert result.counts.shape == (100, 6) and int(result.counts.sum()) == 100 * 9_800
 
 
+def test_theory_quantiles_beside_the_simulated_ones(paper, paper_run):
+    """At the paper's point (ρ = 0.17, deterministic service) the model's p95 and p99 (exact inversion)
+    lie within 2% of the simulated ones over 10^6 queries, per task within 4%; p50 is a service time."""
+    ell, result, _ = paper_run
+    rep = ja.simulation_report(paper, ell, result, theory_quantiles=True)
+    assert rep["theory_quantiles"] == "exact" and rep["theory_quantiles_note"] == ""
+    for key in ("p95", "p99"):
+        assert rep[f"theory_{key}"] == pytest.approx(rep[key], rel=0.02), key
+    assert rep["theory_p50"] == pytest.approx(rep["p50"], rel=1e-3)  # ARC-Challenge's t_k: the CDF jumps there
+    for task in rep["per_task"]:
+        assert task["theory_p50"] <= task["theory_p95"] <= task["theory_p99"]
+        assert task["theory_p99"] == pytest.approx(task["p99"], rel=0.04), task
+    line = [x for x in ja.format_simulation_report(rep).splitlines() if x.startswith("p50 / p95 / p99 (theory)")]
+    values = " / ".join(f"{rep[k]:.4f}" for k in ("theory_p50", "theory_p95", "theory_p99"))
+    assert line == [f"p50 / p95 / p99 (theory) {values} s (exact inversion)"]
+    # not asked (the default): null, and the line says so
+    plain = ja.simulation_report(paper, ell, result)
+    assert plain["theory_p99"] is None and plain["per_task"][0]["theory_p99"] is None
+    assert "(not computed (theory_quantiles=False))" in ja.format_simulation_report(plain)
+
+
 def test_realised_accuracy_in_binomial_interval(paper, paper_run):
     ell, _, rep = paper_run
     theory = float(ja.mean_accuracy(paper, jnp.asarray(ell, float)))
@@ -175,8 +196,9 @@ def test_vmapped_over_operating_points(paper):
 def test_unstable_load_is_flagged(paper):
     ell = np.array([0, 4000, 0, 0, 4000, 0], float)
     result = ja.simulate(paper, ell, queries=2_000, replications=4, seed=0)
-    rep = ja.simulation_report(paper, ell, result)
+    rep = ja.simulation_report(paper, ell, result, theory_quantiles=True)
     assert not rep["stable"] and rep["status"] == "unstable" and "unstable" in rep["message"]
+    assert rep["theory_p99"] is None and rep["theory_quantiles_note"] == "queue unstable: no quantiles"
     assert rep["theory_utilization"] > 1 and rep["theory_mean_system_time"] is None
     for key in ("mean_system_time", "p50", "p95", "p99", "mean_wait"):
         assert rep[key] is None
@@ -260,6 +282,10 @@ def test_cli_simulate_json_contract():
     assert data["theory_mean_system_time"] == pytest.approx(2.17767, abs=1e-4)
     assert data["queries"] == 4000 and data["replications"] == 20 and data["warmup"] == 100
     assert len(data["per_task"]) == 6 and data["per_task"][1]["task"] == "GSM8K"
+    # the model's quantiles beside the simulated ones (8 × 10^4 queries: p99 within a few %)
+    assert data["theory_quantiles"] == "exact" and data["theory_p50"] <= data["theory_p95"] <= data["theory_p99"]
+    assert data["theory_p99"] == pytest.approx(data["p99"], rel=0.05)
+    assert all(t["theory_p99"] >= t["service_time"] for t in data["per_task"])
 
 
 def test_cli_simulate_table_and_unstable(capsys):

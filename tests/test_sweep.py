@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,9 +22,10 @@ import pytest
 import jaxalloc as ja
 from jaxalloc.cli import main
 from jaxalloc.errors import Interrupted
+from jaxalloc.quantiles import system_time_quantiles
 from jaxalloc.solve import solve_batch, solve_point
 from jaxalloc.solvers.integer import integer_budgets
-from jaxalloc.sweep import SweepError, parse_range, plan_sweep, sweep
+from jaxalloc.sweep import QUANTILE_LEVELS, SweepError, parse_range, plan_sweep, sweep
 
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", JAX_ENABLE_X64="1")
 
@@ -87,6 +89,40 @@ def test_rows_equal_single_solves(paper, grid, small):
     assert (budgets[unstable] == 0).all() and (ints[unstable] == 0).all()
     assert np.isneginf(t["objective"].to_numpy()[unstable]).all()
     assert np.isposinf(t["mean_system_time"].to_numpy()[unstable]).all()
+
+
+def overall_quantiles(method):
+    """The sweep's p95 and p99 at a point, from :func:`system_time_quantiles` (compiled once for all points)."""
+    return eqx.filter_jit(lambda problem, ell: system_time_quantiles(problem, ell, QUANTILE_LEVELS, method).overall)
+
+
+def test_quantile_columns_equal_system_time_quantiles(paper, grid, small):
+    """p95 and p99 (default: the Lundberg asymptote for one FIFO server) are the overall system-time
+    quantiles at each row's budgets; +inf where the queue is unstable, like mean_system_time."""
+    t = small.to_table()
+    assert small.plan.quantiles == "lundberg" and small.summary()["quantile_method"] == "lundberg"
+    at = t.column_names.index("mean_system_time")
+    assert t.column_names[at:at + 4] == ["mean_system_time", "p95", "p99", "utilization"]
+    quantiles = overall_quantiles("lundberg")
+    lam, alpha = t["arrival_rate"].to_numpy(), t["alpha"].to_numpy()
+    budgets = np.stack([t[f"budget_{n}"].to_numpy() for n in paper.names], axis=1)
+    p95, p99 = t["p95"].to_numpy(), t["p99"].to_numpy()
+    for i in range(28):
+        p = paper.replace(arrival_rate=jnp.asarray(lam[i]), alpha=jnp.asarray(alpha[i]))
+        want = np.asarray(quantiles(p, jnp.asarray(budgets[i])))
+        np.testing.assert_allclose([p95[i], p99[i]], want, rtol=1e-9, err_msg=f"row {i}")
+        assert p95[i] <= p99[i] and np.isfinite(p99[i])
+    assert np.isposinf(p95[28:]).all() and np.isposinf(p99[28:]).all()  # unstable_queue rows
+
+
+def test_quantile_method_is_part_of_the_fingerprint(paper):
+    axes = {"arrival_rate": [0.05, 0.1]}
+    prints = {q: plan_sweep(paper, axes, quantiles=q).fingerprint() for q in ("auto", "lundberg", "exact", "none")}
+    assert prints["auto"] == prints["lundberg"] and len(set(prints.values())) == 3
+    assert plan_sweep(paper, axes, quantiles="none").column_names() == [
+        c for c in plan_sweep(paper, axes).column_names() if c not in ("p95", "p99")]
+    with pytest.raises(SweepError, match="quantiles = 'median': expected one of auto, lundberg, exact, none"):
+        plan_sweep(paper, axes, quantiles="median")
 
 
 def test_per_task_axes_match_solves(paper):
