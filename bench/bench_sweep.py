@@ -6,7 +6,9 @@ What it measures, in one run:
   λ ∈ [0.005, 0.4] linear, α ∈ [1, 1000] log), float64 and float32:
   wall time of ``jaxalloc.sweep(..., out=FILE.parquet)`` from the call to the
   renamed file, *after* a warm-up sweep of the same block shape (compilation
-  excluded), median of ``--repeats``; points/s, share converged, and the
+  excluded), median of ``--repeats``; without the p95/p99 columns
+  (``quantiles="none"``: the solver's rate, comparable across servers and with
+  earlier runs; bench_quantiles.py times the columns); points/s, share converged, and the
   largest float32 − float64 budget difference in tokens;
 - N = 6, the same grid, on other servers (issue 15): FIFO with c = 4 servers
   (λ scaled by c, so that each server sees the same load) and continuous
@@ -94,12 +96,13 @@ def timed_sweep(problem, axes, repeats, dtype=None, block=None):
     """Median seconds of a sweep into a fresh Parquet file, compile excluded; and the table."""
     with tempfile.TemporaryDirectory() as tmp:
         # warm-up: the same sweep, so nothing compiles in the timed calls
-        sweep(problem, axes, out=Path(tmp) / "warm.parquet", dtype=dtype, progress=False, block=block)
+        sweep(problem, axes, out=Path(tmp) / "warm.parquet", dtype=dtype, progress=False, block=block,
+              quantiles="none")
         times = []
         for r in range(repeats):
             out = Path(tmp) / f"run{r}.parquet"
             t = time.perf_counter()
-            res = sweep(problem, axes, out=out, dtype=dtype, progress=False, block=block)
+            res = sweep(problem, axes, out=out, dtype=dtype, progress=False, block=block, quantiles="none")
             times.append(time.perf_counter() - t)
         import pyarrow.parquet as pq
 

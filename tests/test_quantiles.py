@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from problems import random_problem
 from scipy.optimize import brentq
 
 import jaxalloc as ja
@@ -22,8 +23,6 @@ from jaxalloc.quantiles.lundberg import decay_rate, log_prefactor
 from jaxalloc.quantiles.transform import wait_tail_transform
 from jaxalloc.servers import make_server, priority_from_order
 from jaxalloc.simulate import simulate, simulation_report
-
-from problems import random_problem
 
 _quantiles = jax.jit(system_time_quantiles, static_argnames=("levels", "method"))
 
@@ -38,7 +37,7 @@ def _md1_tail(lam, d, x):
     """P(W > x) of M/D/1 (Erlang 1909): P(W ≤ x) = (1 − ρ) Σ_{k=0}^{⌊x/d⌋} (λ(kd − x))^k / k! e^{−λ(kd − x)}."""
     rho = lam * d
     total = sum((lam * (k * d - x)) ** k / math.factorial(k) * math.exp(-lam * (k * d - x))
-                for k in range(int(math.floor(x / d)) + 1))
+                for k in range(math.floor(x / d) + 1))
     return 1.0 - (1.0 - rho) * total
 
 
@@ -77,7 +76,7 @@ def test_lundberg_decay_rate_and_prefactor(paper):
     for rho in (0.05, 0.5, 0.95):
         p = _at_load(paper, ell, rho)
         lam, pi, t = p.arrival_rate, p.prob, p.t0 + p.c * ell
-        f = lambda g: float(lam) * (float(np.sum(np.asarray(pi) * np.exp(g * np.asarray(t)))) - 1.0) - g
+        f = lambda g, lam=lam, pi=pi, t=t: float(lam) * (float(np.sum(np.asarray(pi) * np.exp(g * np.asarray(t)))) - 1.0) - g
         ref = brentq(f, 1e-9, 2 * (1 - rho) / (float(lam) * float(pi @ t**2)), xtol=1e-15, rtol=1e-14)
         gamma = float(decay_rate(lam, pi, t))
         assert gamma == pytest.approx(ref, rel=1e-10)
@@ -119,7 +118,7 @@ def test_implicit_derivatives_equal_central_differences(paper, kind):
     g_lam = jax.grad(lambda lam: q(p.replace(arrival_rate=lam), ell))(p.arrival_rate)
     for k in (1, 4, 5):
         e = jnp.zeros(6).at[k].set(1.0)
-        fd = _central(lambda h: float(q(p, ell + h * e)), 0.0, 1e-2)
+        fd = _central(lambda h, e=e: float(q(p, ell + h * e)), 0.0, 1e-2)
         assert float(g_ell[k]) == pytest.approx(fd, rel=1e-5)
     lam = float(p.arrival_rate)
     fd = _central(lambda v: float(q(p.replace(arrival_rate=v), ell)), lam, 1e-6 * lam)

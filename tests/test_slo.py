@@ -64,13 +64,13 @@ def test_constrained_optimum_matches_slsqp(paper, texts):
 def test_priority_constrained_optimum_matches_slsqp(paper):
     order = list(reversed(paper.names))  # GSM8K second to last
     p = paper.replace(arrival_rate=0.15, server=priority_from_order(order, paper.names))
-    slos = [parse_slo("GSM8K:p99=12", paper.names)]
+    slos = [parse_slo("GSM8K:p99=10", paper.names)]
     res = solve_slo(p, slos)
     free = np.asarray(ja.solve(p).budgets)
-    assert float(quantile(p, jnp.asarray(free), 0.99, 1, "exact")) > 12  # so the SLO binds
+    assert float(quantile(p, jnp.asarray(free), 0.99, 1, "exact")) > 10  # 11.55 s: the SLO binds
     ref = _slsqp(p, slos, [free, np.zeros(6), np.full(6, 100.0)])
     np.testing.assert_allclose(np.asarray(res.solution.budgets), ref.x, atol=0.05)
-    assert res.values[0] <= 12 * (1 + 1e-9) and res.multipliers[0] > 0
+    assert res.values[0] <= 10 * (1 + 1e-9) and res.multipliers[0] > 0
 
 
 def test_multiplier_is_the_derivative_of_the_optimum_in_the_limit(paper):
