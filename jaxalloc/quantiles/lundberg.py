@@ -19,9 +19,10 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.special import logsumexp
 
-NEWTON_STEPS = 30
+NEWTON_STEPS = 20
 """Newton steps for γ: on the paper profile (ρ from 0.03 to 0.95) 20 steps give quantiles equal to
-80 steps' to 2e-16; a fixed count keeps it vmap-friendly."""
+80 steps' to 2e-16 (tests: γ equals scipy's brentq to 1e-10 at ρ = 0.05, 0.5, 0.95); a fixed count
+keeps it vmap-friendly."""
 
 
 def _log_mgf(gamma, prob, t):
