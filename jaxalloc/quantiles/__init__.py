@@ -127,6 +127,13 @@ def _fifo_tails(params):
     return lambda x: jax.vmap(one)(x)
 
 
+def _tails_of(ctx) -> object:
+    """The tails function (params ↦ (x ↦ G_k(x_k))) of `ctx`'s method and server, for every component."""
+    if ctx.method == "lundberg":
+        return _lundberg_tails
+    return _fifo_tails if ctx.one_queue else _exact_tails
+
+
 def _classes(problem: Problem, dtype):
     higher, through = problem.server.wait_classes(problem.num_tasks)
     return jnp.asarray(higher, dtype), jnp.asarray(through, dtype)
@@ -184,8 +191,7 @@ def _bound(ctx: _Setup, q, waits) -> jax.Array:
 def _wait_quantile(ctx: _Setup, q) -> jax.Array:
     """The q-quantile of the one W every type waits (one FIFO server, or the asymptote)."""
     one = jnp.ones((1,), ctx.t.dtype)
-    tails = _lundberg_tails if ctx.method == "lundberg" else _fifo_tails
-    return mixture_quantile(tails, ILLINOIS_STEPS[ctx.method], ctx.params, ctx.g0[:1], 0.0 * one, one, q,
+    return mixture_quantile(_tails_of(ctx), ILLINOIS_STEPS[ctx.method], ctx.params, ctx.g0[:1], 0.0 * one, one, q,
                             _bound(ctx, q, ctx.mean_wait))
 
 
@@ -200,12 +206,8 @@ def _task_quantile(ctx: _Setup, k, q) -> jax.Array:
 
 
 def _overall_quantile(ctx: _Setup, q) -> jax.Array:
-    if ctx.method == "lundberg":
-        tails = _lundberg_tails
-    else:
-        tails = _fifo_tails if ctx.one_queue else _exact_tails
     bound = jnp.max(ctx.t) + _bound(ctx, q, ctx.mean_wait)
-    return mixture_quantile(tails, ILLINOIS_STEPS[ctx.method], ctx.params, ctx.g0, ctx.t, ctx.prob, q, bound)
+    return mixture_quantile(_tails_of(ctx), ILLINOIS_STEPS[ctx.method], ctx.params, ctx.g0, ctx.t, ctx.prob, q, bound)
 
 
 def quantile(problem: Problem, budgets, level: float, task: int | None = None, method: str = "auto") -> jax.Array:
@@ -223,17 +225,12 @@ def tail(problem: Problem, budgets, y, task: int | None = None, method: str = "a
     :mod:`jaxalloc.slo` writes an SLO. Unstable points give 1. `task` and `method` static."""
     ctx = _setup(problem, budgets, method)
     y = jnp.asarray(y, ctx.t.dtype)
-    if ctx.method == "lundberg":
-        tails = _lundberg_tails(ctx.params)
-    elif ctx.one_queue:
-        tails = _fifo_tails(ctx.params)
-    elif task is not None:
+    if task is not None and _tails_of(ctx) is _exact_tails:  # priority: only type k's own wait
         sub = dict(ctx.params, higher=ctx.higher[task][None], through=ctx.through[task][None])
         one = jnp.ones((1,), ctx.t.dtype)
         value = mixture_tail(_exact_tails(sub), ctx.g0[task][None], ctx.t[task][None], one, y)
         return jnp.where(ctx.stable, value, 1.0)
-    else:
-        tails = _exact_tails(ctx.params)
+    tails = _tails_of(ctx)(ctx.params)
     weights = ctx.prob if task is None else jnp.zeros_like(ctx.prob).at[task].set(1.0)
     return jnp.where(ctx.stable, mixture_tail(tails, ctx.g0, ctx.t, weights, y), 1.0)
 
@@ -264,18 +261,9 @@ def system_time_quantiles(problem: Problem, budgets, levels=LEVELS, method: str 
 
 
 def wait_tail(problem: Problem, budgets, x, method: str = "exact") -> jax.Array:
-    """P(W_k > x) per task (N,) at x > 0 seconds (the wait before service starts)."""
-    method = resolve_method(problem, method)
-    lam, prob = problem.arrival_rate, problem.prob
-    t = service_times(problem, budgets)
-    n = problem.num_tasks
-    x = jnp.broadcast_to(jnp.asarray(x, t.dtype), (n,))
-    if method == "lundberg":
-        gamma = decay_rate(lam, prob, t)
-        return _lundberg_tails({"gamma": gamma, "logc": log_prefactor(gamma, lam, prob, t)})(x)
-    higher, through = _classes(problem, t.dtype)
-    tails = _fifo_tails if problem.server.kind == "fifo" else _exact_tails
-    return tails({"lam": lam, "prob": prob, "t": t, "higher": higher, "through": through})(x)
+    """P(W_k > x) per task (N,) at x > 0 seconds (the wait before service starts); stable points only."""
+    ctx = _setup(problem, budgets, method)
+    return _tails_of(ctx)(ctx.params)(jnp.broadcast_to(jnp.asarray(x, ctx.t.dtype), ctx.t.shape))
 
 
 __all__ = [
