@@ -63,7 +63,6 @@ import math
 from functools import partial
 from typing import Any, NamedTuple
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -410,13 +409,6 @@ THEORY_LEVELS = (0.5, 0.95, 0.99)
 """The quantiles set beside the simulated ones (p50, p95, p99)."""
 
 
-@eqx.filter_jit
-def _exact_quantiles(problem: Problem, budgets):
-    from .quantiles import system_time_quantiles
-
-    return system_time_quantiles(problem, budgets, THEORY_LEVELS, "exact")
-
-
 def theory_quantile_values(problem: Problem, budgets, service_cv: float = 0.0):
     """The model's p50, p95, p99 of the system time at `budgets` (:data:`THEORY_LEVELS`, the exact inversion
     of :mod:`jaxalloc.quantiles`), overall and per task, where the model gives them.
@@ -426,7 +418,7 @@ def theory_quantile_values(problem: Problem, budgets, service_cv: float = 0.0):
     service time is jittered (the quantiles assume deterministic service per type, `service_cv` = 0), or
     the server has no quantiles (FIFO with servers > 1, batching).
     """
-    from .quantiles import check_supported
+    from .quantiles import check_supported, quantiles_jit
 
     if service_cv != 0:
         return None, None, f"service_cv = {service_cv:g}: the theory's quantiles assume deterministic service per type"
@@ -435,7 +427,7 @@ def theory_quantile_values(problem: Problem, budgets, service_cv: float = 0.0):
     except ProblemError as err:
         return None, None, str(err)
     ell = jnp.asarray(budgets, problem.A.dtype)
-    q = _exact_quantiles(problem, ell)
+    q = quantiles_jit(problem, ell, THEORY_LEVELS, "exact")
     return np.asarray(q.overall).tolist(), np.asarray(q.tasks).tolist(), ""
 
 

@@ -49,9 +49,9 @@ from .quantiles import (
     level_name,
     parse_level,
     quantile,
+    quantiles_jit,
     resolve_method,
     supported,
-    system_time_quantiles,
     tail,
 )
 from .solution import Solution, Status
@@ -345,7 +345,7 @@ def quantile_report(problem: Problem, budgets, method: str = "auto", levels=None
     if not supported(problem):
         return None
     levels = LEVELS if levels is None else tuple(levels)
-    q = _quantiles_jit(problem, jnp.asarray(budgets, problem.A.dtype), levels, method)
+    q = quantiles_jit(problem, jnp.asarray(budgets, problem.A.dtype), levels, method)
     num = lambda v: float(v) if math.isfinite(float(v)) else None
     names = list(problem.names) or [f"task{k}" for k in range(problem.num_tasks)]
     return {
@@ -372,8 +372,6 @@ def slo_report(problem: Problem, result: SLOSolution) -> list[dict]:
         })
     return out
 
-
-_quantiles_jit = eqx.filter_jit(system_time_quantiles)
 
 
 def format_slo(report: dict) -> str:

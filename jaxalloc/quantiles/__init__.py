@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -260,6 +261,11 @@ def system_time_quantiles(problem: Problem, budgets, levels=LEVELS, method: str 
     return Quantiles(jnp.where(ctx.stable, total, inf), jnp.where(ctx.stable, tasks, inf), levels)
 
 
+quantiles_jit = eqx.filter_jit(system_time_quantiles)
+""":func:`system_time_quantiles` compiled (levels and method static): the one compiled copy that
+`solve`, `simulate` and the SLO report share."""
+
+
 def wait_tail(problem: Problem, budgets, x, method: str = "exact") -> jax.Array:
     """P(W_k > x) per task (N,) at x > 0 seconds (the wait before service starts); stable points only."""
     ctx = _setup(problem, budgets, method)
@@ -277,6 +283,7 @@ __all__ = [
     "level_name",
     "parse_level",
     "quantile",
+    "quantiles_jit",
     "resolve_method",
     "supported",
     "system_time_quantiles",
