@@ -130,12 +130,16 @@ def slo_caps(problem: Problem, spec: tuple, limits) -> jax.Array:
 class AugmentedLagrangian(eqx.Module):
     """Hyperparameters of :func:`solve_slo_point` (see the module docstring).
 
-    - `tol`: on the normalised violation max_i g_i⁺ and on the inner step (tokens, relative).
+    - `tol`: on the inner step (tokens, relative).
+    - `ctol`: on each constraint, |g_i| for an SLO with a multiplier, g_i⁺ for the others (g_i is a
+      log tail: 1e-8 is a relative error of 1e-8 in P(T > L_i), far below the formulas' own). The
+      solver aims at g_i = −ctol, so what it returns meets every SLO.
     - `max_outer`, `max_inner`: multiplier updates; Newton steps per update.
     - `penalty`: the first c.
     """
 
     tol: float = 1e-10
+    ctol: float = 1e-8
     max_outer: int = 40
     max_inner: int = 50
     penalty: float = 10.0
@@ -144,10 +148,21 @@ class AugmentedLagrangian(eqx.Module):
 DEFAULT = AugmentedLagrangian()
 
 
+def hessian_by_rows(f, x) -> jax.Array:
+    """∇²f(x), one Hessian-vector product (forward over reverse) per row, in sequence (`lax.map`).
+
+    `jax.hessian` pushes all N tangents through at once; on the exact tails (complex transforms at
+    81 nodes) XLA then spends its time in the batched transcendentals: measured on the paper
+    profile's p99 constraint, N = 6, 2.1 ms for `jax.hessian` against 0.64 ms row by row."""
+    hvp = lambda v: jax.jvp(jax.grad(f), (x,), (v,))[1]
+    return lax.map(hvp, jnp.eye(x.shape[0], dtype=x.dtype))
+
+
 def _augmented_lagrangian(problem: Problem, spec: tuple, limits, method: str, solver, start, mu0, penalty):
     """(ℓ, μ, outer steps, inner steps, converged) from (start, μ0, c0); see the module docstring."""
     top = slo_caps(problem, spec, limits)
-    g_of = lambda x: slo_constraints(problem, x, spec, limits, method)
+    # aimed ctol inside each SLO: converged to |g| ≤ ctol, the answer meets it (g ≤ 0), not nearly
+    g_of = lambda x: slo_constraints(problem, x, spec, limits, method) + solver.ctol
     jac = jax.jacrev(g_of)
     grad_j = jax.grad(lambda x: objective(problem, x))
 
@@ -164,7 +179,7 @@ def _augmented_lagrangian(problem: Problem, spec: tuple, limits, method: str, so
             g, J = g_of(x), jac(x)
             weight = jnp.maximum(0.0, mu + c * g)
             grad = grad_j(x) - J.T @ weight
-            H = -jax.hessian(phi)(x, mu, c)
+            H = -hessian_by_rows(lambda y: phi(y, mu, c), x)
             eps = jnp.minimum(1e-3 * (1.0 + jnp.abs(x)), 1.0)
             active = ((x <= eps) & (grad < 0)) | ((x >= top - eps) & (grad > 0))
             d = _dense_solve(H, ~active, grad)
@@ -182,8 +197,10 @@ def _augmented_lagrangian(problem: Problem, spec: tuple, limits, method: str, so
             first = jnp.clip(x + d, 0.0, top)
             _, new, val, _ = lax.while_loop(bt_cond, bt_body, (jnp.asarray(1.0, x.dtype), first, phi(first, mu, c), 0))
             new = jnp.where(val >= value, new, x)
-            step = jnp.max(jnp.abs(first - x) / jnp.maximum(1.0, jnp.abs(x)))
-            return new, k + 1, step <= solver.tol
+            rel = lambda y: jnp.max(jnp.abs(y - x) / jnp.maximum(1.0, jnp.abs(x)))
+            # the Newton step is below tol, or the line search could only take a step below it: Φ is
+            # flat to its rounding there (the exact tails are accurate to ~1e-12), the answer to that noise
+            return new, k + 1, (rel(first) <= solver.tol) | (rel(new) <= solver.tol)
 
         x, k, _ = lax.while_loop(cond, body, (x, jnp.asarray(0), jnp.asarray(False)))
         return x, k
@@ -200,8 +217,8 @@ def _augmented_lagrangian(problem: Problem, spec: tuple, limits, method: str, so
         new_viol = jnp.max(jnp.maximum(g, 0.0))
         c = jnp.where(new_viol > 0.25 * viol, 10.0 * c, c)
         # feasible, and complementary: an SLO with a multiplier is met with equality (|g| ≤ 10 tol)
-        tight = jnp.all((mu == 0) | (jnp.abs(g) <= 10 * solver.tol))
-        done = (new_viol <= solver.tol) & tight & (k < solver.max_inner)
+        tight = jnp.all((mu == 0) | (jnp.abs(g) <= solver.ctol))
+        done = (new_viol <= solver.ctol) & tight & (k < solver.max_inner)
         return x, mu, c, new_viol, n + 1, steps + k, done
 
     start = jnp.minimum(start, top)

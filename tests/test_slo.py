@@ -55,7 +55,9 @@ def test_constrained_optimum_matches_slsqp(paper, texts):
     unconstrained = np.asarray(ja.solve(paper).budgets)
     ref = _slsqp(paper, slos, [unconstrained, np.zeros(6), np.full(6, 100.0), 0.5 * unconstrained])
     np.testing.assert_allclose(np.asarray(res.solution.budgets), ref.x, atol=0.05)
-    assert float(res.solution.objective) >= -ref.fun - 1e-9
+    # SLSQP's answer counts as feasible up to 1e-7 s over a limit, which buys it up to μ·1e-7 ≈ 1e-8 of J
+    # (μ ≈ 0.09 J/s here); jaxalloc aims 1e-8 inside each log tail, so it may trail by that much, no more
+    assert float(res.solution.objective) >= -ref.fun - 1e-8
     assert float(res.solution.kkt_residual) < 1e-6
     binding = [m > 0 for m in res.multipliers]
     assert binding[0]  # the first SLO binds in both cases (the unconstrained p99 is 9.18 s, GSM8K's p95 8.65 s)
