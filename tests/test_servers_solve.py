@@ -312,12 +312,15 @@ def test_safeguard_compacted_equals_whole_batch():
     few = ~failed
     whole = jax.jit(rescue)(fields, ell, steps, few)
     compacted = run(few, 16)  # 7 ≤ 16: gathered, with padding
-    for a, b in zip(compacted, whole):
+    # budgets equal to rounding (XLA vectorises a batch of 16 and one of 64 differently: 1 ulp was seen),
+    # steps and statuses exactly
+    np.testing.assert_allclose(np.asarray(compacted[0]), np.asarray(whole[0]), rtol=1e-13, atol=0)
+    for a, b in zip(compacted[1:], whole[1:]):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert bool(jnp.all(compacted[2]))  # the 7 rescued
     np.testing.assert_array_equal(np.asarray(compacted[0][~failed]), np.asarray(ell[~failed]))
     many = run(done, 4)  # more than 4 failures: the whole batch
     for a, b in zip(many, jax.jit(rescue)(fields, ell, steps, done)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-13, atol=0)
     for a, b in zip(run(jnp.ones_like(done), 4), (ell, steps, jnp.ones_like(done))):  # none failed: nothing
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
