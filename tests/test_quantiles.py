@@ -123,6 +123,14 @@ def test_implicit_derivatives_equal_central_differences(paper, kind):
     lam = float(p.arrival_rate)
     fd = _central(lambda v: float(q(p.replace(arrival_rate=v), ell)), lam, 1e-6 * lam)
     assert float(g_lam) == pytest.approx(fd, rel=1e-5)
+    # and in the profile's fields: the seconds per token c_k and the fixed time t0_k of a task with a budget
+    for field, k in (("c", 4), ("t0", 1)):
+        value = getattr(p, field)
+        grad = jax.grad(lambda v, field=field: q(p.replace(**{field: v}), ell))(value)
+        h = 1e-4 * float(value[k])  # q carries ~1e-11 s of rounding: at 1e-6 it is 2e-5 of dq/dt0 (measured)
+        fd = _central(lambda d, field=field, value=value, k=k: float(q(p.replace(**{field: value.at[k].add(d)}), ell)),
+                      0.0, h)
+        assert float(grad[k]) == pytest.approx(fd, rel=1e-5), field
 
 
 def test_derivative_at_a_jump_follows_the_service_time(paper):

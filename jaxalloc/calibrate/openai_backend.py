@@ -137,11 +137,11 @@ class OpenAIBackend:
         return str(models[0]["id"])
 
     def complete(self, prompt: Sequence[int], *, max_tokens: int, min_tokens: int = 0,
-                 stop_token_ids: Sequence[int] = (), temperature: float = 0.0, seed: int = 0) -> Stream:
+                 stop_token_ids: Sequence[int] = (), temperature: float = 0.0, seed: int | None = 0) -> Stream:
         """One streamed completion of a token-id `prompt`.
 
         **Arguments:** `prompt`; `max_tokens`; `min_tokens`; `stop_token_ids`;
-        `temperature`; `seed`.
+        `temperature`; `seed` (None: no per-request seed, see :data:`jaxalloc.loadtest.run.REQUEST_SEEDS`).
 
         **Returns:** the :class:`Stream` with generated ids and timings. Raises
         :class:`ServerError` on an HTTP error, a malformed stream, or chunks
@@ -150,10 +150,12 @@ class OpenAIBackend:
         body: dict[str, Any] = {
             "model": self.model, "prompt": [int(t) for t in prompt], "max_tokens": int(max_tokens),
             "min_tokens": int(min_tokens), "stop_token_ids": [int(t) for t in stop_token_ids],
-            "temperature": float(temperature), "seed": int(seed), "stream": True,
+            "temperature": float(temperature), "seed": None if seed is None else int(seed), "stream": True,
             "return_token_ids": True, "logprobs": 0, "return_tokens_as_token_ids": True,
             "skip_special_tokens": False,
         }
+        if seed is None:
+            del body["seed"]
         out = Stream()
         start = out.started = time.perf_counter()
         last = None

