@@ -74,7 +74,9 @@ def test_calibrate_batching_against_real_vllm_gives_a_profile_that_loads(served,
     # per m that agrees with the steady-state step (the two measurements are independent)
     churn = fit["churn"]
     h_lo, h_hi = churn["ci_admission_per_request_ms"]
-    assert 0 < churn["admission_per_request_ms"] < 200 and math.isfinite(h_lo) and math.isfinite(h_hi)
+    # h > 0 in most runs (6 to 12 ms here); one run in four on a fast host fitted h = -7 ms, noise about 0, which
+    # the table then writes as 0 (checked below): the interval must reach above 0 and the estimate stay sane
+    assert -50 < churn["admission_per_request_ms"] < 200 and math.isfinite(h_lo) and 0 < h_hi, churn
     steps = {lv["concurrency"]: lv["step_ms"] for lv in fit["levels"]}
     for slope in churn["slopes"]:
         m = slope["concurrency"]
