@@ -161,14 +161,10 @@ def test_the_recipe_predicts_the_real_server(served, tmp_path):
     for row in result["rows"]:
         s = row["summary"]
         assert s["failed"] == 0 and s["not_sent"] == 0, (s["failures"], table)
-    light, middle, heavy = (row["summary"] for row in result["rows"])
-    assert math.isfinite(light["overall"]["predicted_s"]) and math.isfinite(middle["overall"]["predicted_s"]), table
-    assert abs(light["overall"]["error"]) <= OVERALL, table
-    for name, entry in light["tasks"].items():
-        assert abs(entry["error"]) <= PER_TASK, (name, table)
-    # ρ = 2 and 5: within a factor HEAVY_RATIO (see there); with the admission h, the capacity
-    # (1 − λh) r(B) + λh falls with λ, so at ρ = 5 a calibration with a large h may call the queue unstable
-    assert _heavy_within(middle, True) and _heavy_within(heavy, False), table
-    light, heavy = light["overall"], heavy["overall"]
+    # the light load within OVERALL / PER_TASK, ρ = 2 and 5 within HEAVY_RATIO (a stable model at ρ = 2):
+    # with the admission h the capacity (1 − λh) r(B) + λh falls with λ, so a calibration with a large h
+    # may call ρ = 5 unstable
+    assert _within_bounds(result), table
+    light, heavy = (row["summary"]["overall"] for row in result["rows"][::2])
     assert heavy["mean_s"] > light["mean_s"] and heavy["predicted_s"] > light["predicted_s"], table
     assert result["rows"][0]["summary"]["stable"]["fifo"] and not result["rows"][2]["summary"]["stable"]["fifo"]
