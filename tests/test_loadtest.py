@@ -306,6 +306,8 @@ def test_exact_thinking_counts_against_a_stub(tokenizer_dir, eos, framing, tmp_p
     assert all(b["max_tokens"] == b["min_tokens"] == 5 and b["stop_token_ids"] for b in thinking)
     for s, rate in zip(result.summary, (5.0, 40.0)):
         assert s["rate"] == rate and s["ok"] == s["requests"] == 12 and s["failed"] == 0
+        lags = [r.lag_s for r in result.records if r.rate == rate]
+        assert s["lag_mean_s"] == pytest.approx(sum(lags) / len(lags), rel=1e-12)
         overall = s["overall"]
         assert overall["mean_s"] > 0 and overall["p50_s"] <= overall["p95_s"]
         pred = predictions(problem, [5, 0], rate)

@@ -126,11 +126,18 @@ def _s(x) -> str:
     return "unstable" if x is None or not math.isfinite(x) else f"{x:.3f}"
 
 
+def _lag(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def validation_table(result: dict) -> str:
-    """The Markdown table of :func:`validate`'s result: per load, measured and predicted means."""
+    """The Markdown table of :func:`validate`'s result: per load, measured and predicted means, and the
+    mean send lag: how late the load generator wrote its queries, a part of every measured system
+    time (counted from the scheduled arrival) that no server model predicts."""
     head = ("| ρ (one FIFO server) | λ (1/s) | host time scale | measured mean (s) | batching model (s) | error "
-            "| as calibrated (s) | error | one FIFO server (s) | error | per-task errors, batching model |")
-    lines = [head, "|" + "---|" * 11]
+            "| as calibrated (s) | error | one FIFO server (s) | error | per-task errors, batching model "
+            "| mean send lag (s) |")
+    lines = [head, "|" + "---|" * 12]
     for row in result["rows"]:
         s, o = row["summary"], row["summary"]["overall"]
         base = s.get("baseline") or {"time_scale": 1.0, "as_calibrated": o}
@@ -138,5 +145,5 @@ def validation_table(result: dict) -> str:
         per_task = ", ".join(f"{name} {_pct(e['error'])}" for name, e in s["tasks"].items())
         lines.append(f"| {row['rho_fifo']:g} | {row['rate']:.3g} | {base['time_scale']:.3f} | {_s(o['mean_s'])} | "
                      f"{_s(o['predicted_s'])} | {_pct(o['error'])} | {_s(cal['predicted_s'])} | {_pct(cal['error'])} | "
-                     f"{_s(o['predicted_fifo_s'])} | {_pct(o['error_fifo'])} | {per_task} |")
+                     f"{_s(o['predicted_fifo_s'])} | {_pct(o['error_fifo'])} | {per_task} | {_lag(s.get('lag_mean_s'))} |")
     return "\n".join(lines)
