@@ -33,6 +33,10 @@ def test_the_server_is_ours_and_stops_by_pid(served):
     os.kill(server.pid, 0)  # alive: signal 0 only checks
     # started at nice 10 (conftest.py), above ours: the clients that measure it run first when due
     assert os.getpriority(os.PRIO_PROCESS, server.pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
+    group = f"/proc/{server.pid}/autogroup"  # Linux autogroup: nice weighs only within a session, so the
+    if os.path.exists(group):                # server's own session (a group of its own) is niced too
+        with open(group) as f:
+            assert f.read().split()[-1] == "10"
 
 
 def test_measure_against_real_vllm_is_exact_and_resumes(served, tmp_path, capsys):
