@@ -112,9 +112,10 @@ came."""
 HEAVY_RATIO = 2.5
 """At ρ_FIFO = 2 and 5, CI asks only that the measured mean lie within this factor of the model's (at
 ρ = 2 the model must also call the queue stable). On hosts about 3x faster than the one the model was
-first validated on, the model under-predicted the heavy loads in every run (overall errors at ρ = 2:
-+33% to +105%; at ρ = 5: +57% to +117%, or a model that calls the queue unstable; README, "A faster
-host"), so the issue's bounds are not met there and issue 16 stays open; the guard still fails a
+first validated on, the heavy loads' errors reached +105% at ρ = 2 and +117% at ρ = 5, or a model that
+calls the queue unstable (README, "A faster host"). Most of those runs carried seconds of load-generator
+lag, since removed (the server's session is niced), and the last ones came closer (+7% and +23% at
+ρ = 2), but the issue's bounds are not met there yet and issue 16 stays open; the guard still fails a
 model that is off by a unit or a factor m."""
 
 
