@@ -20,15 +20,14 @@ inversion and plain autodiff, the quantile a root solve):
 
 maximised over the box by projected Newton (the Bertsekas active set of
 :mod:`jaxalloc.solvers.projected_newton`, an Armijo search on Φ) on the
-autodiff Hessian of Φ, its eigenvalues taken in absolute value where it is
-not negative definite (J need not be concave under priority, and Φ is only
-C¹ where μ_i + c g_i crosses 0), so every step is an ascent step; the Hessian row by row
-(:func:`value_grad_hessian`). Each inner solve stops at a step of 10^-2 of the constraints' gap
-(never looser than 10^-4) while they are far from met, at `tol` once they are. Then
-μ_i ← max(0, μ_i + c g_i(ℓ)), and c grows ×10 when the violation did not fall by 4×. It
-starts from the unconstrained optimum, which is the answer when it already meets every SLO. At the end, μ_i (−∂g_i/∂L_i) is the
-multiplier of SLO i in J per second: how much J one more second of the limit
-would buy (∂J*/∂L_i).
+autodiff Hessian of Φ, its eigenvalues taken in absolute value where it is not negative
+definite (J need not be concave under priority, and Φ is only C¹ where μ_i + c g_i crosses 0),
+so every step is an ascent step; the Hessian row by row (:func:`value_grad_hessian`). Each
+inner solve stops at a step of 10^-2 of the constraints' gap (never looser than 10^-4) while
+they are far from met, at `tol` once they are. Then μ_i ← max(0, μ_i + c g_i(ℓ)), and c grows
+×10 when the violation did not fall by 4×. It starts from the unconstrained optimum, which is
+the answer when it already meets every SLO. At the end, μ_i (−∂g_i/∂L_i) is the multiplier of
+SLO i in J per second: how much J one more second of the limit would buy (∂J*/∂L_i).
 """
 
 from __future__ import annotations
