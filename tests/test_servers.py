@@ -95,6 +95,23 @@ def test_batching_chain_matches_a_truncated_brute_force_chain(B, beta):
 
 
 
+@pytest.mark.parametrize("B,beta,dtype,rtol", [(1024, 0.0, jnp.float64, 1e-9), (300, 0.002, jnp.float64, 1e-9),
+                                               (200, 0.0, jnp.float32, 2e-4), (61, 0.05, jnp.float32, 2e-4)])
+def test_batching_chain_rescales_sums_beyond_the_floats(B, beta, dtype, rtol):
+    """Near capacity 1/P(N = 0) is e^1000 at B = 1024, β = 0 (beyond float64) and e^190 at
+    B = 200 (beyond float32): the recurrence's running scale keeps the moments exact,
+    against the chain summed in logarithms; at light load nothing is scaled."""
+    from jaxalloc.servers.batching import batch_rate, chain_moments
+
+    cap = float(batch_rate(B, beta))
+    for frac in (1e-3, 0.3, 0.9, 0.999):
+        a = frac * cap
+        got = chain_moments(jnp.asarray(a, dtype), jnp.asarray(float(B), dtype), jnp.asarray(beta, dtype), B)
+        want = chain_by_brute_force(a, 1.0, B, beta, n_max=80000)  # q^80000 < e^-78 at q = 0.999
+        assert all(np.isfinite(float(g)) for g in got)
+        np.testing.assert_allclose([float(g) for g in got], want, rtol=rtol, atol=1e-12 * B)
+
+
 @pytest.mark.parametrize("B,beta", [(1, 0.3), (4, 0.0), (8, 0.3), (64, 0.05), (64, 1.0), (16, 2.0)])
 def test_batching_chain_derivatives_match_finite_differences(B, beta):
     """chain_moments' custom JVP (forward through the recurrence): first and second

@@ -61,6 +61,7 @@ from typing import ClassVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array
@@ -73,68 +74,103 @@ def batch_rate(m, slowdown) -> Array:
     return m / (1.0 + slowdown * (m - 1.0))
 
 
-def _chain(load, max_batch, slowdown, size: int) -> tuple[Array, Array]:
-    """(E[min(N, B)], E[(N − B)⁺]) by a backward recurrence over the states, no log or exp.
+_BLOCK = 8  # states per block: the recurrence rescales after each block
+_RESCALE = {8: 1e200, 4: 1e10}  # bytes per float: the sums are scaled down by this once they exceed it
 
-    With t_n = P(N = n | N ≥ n) and ρ_n = a / r(min(n, B)), the chain gives
-    t_{n−1} = t_n / (t_n + ρ_n), and E[g(N) | N ≥ n − 1] = E_{n−1} = E_n + t_{n−1} (g(n − 1) − E_n).
-    Above B the chain is geometric: t_n = 1 − q for n ≥ B, E[min(N, B) | N ≥ n] = B and
-    E[(N − B)⁺ | N ≥ n] = n − B + q / (1 − q); the recurrence starts there at n = `size` ≥ B
-    and runs down to n = 0. Every t_n lies in (0, 1] and every E_n is a convex combination
-    of values of g: nothing overflows or cancels, at any B and in float32."""
+
+def _jet(load, max_batch, slowdown, size: int) -> tuple[tuple[Array, Array], ...]:
+    """(E[min(N, B)], E[(N − B)⁺]) and their first and second derivatives in a, in one pass.
+
+    With w_n the chain's weights (w_n / w_{n−1} = ρ_n = a k_n, k_n = 1/r(min(n, B))
+    = β + (1 − β)/min(n, B)), the sums U_n = Σ_{j≥n} w_j / w_n and
+    G_n = Σ_{j≥n} g(j) w_j / w_n obey U_{n−1} = 1 + ρ_n U_n and
+    G_{n−1} = g(n − 1) + ρ_n G_n, and E[g(N)] = G_0 / U_0. Above B the chain is
+    geometric with ratio q = a/r(B): U_n = 1/(1 − q), and the recurrence starts there,
+    at n = `size` rounded up to a block, and runs down to n = 0.
+
+    Each state costs multiply-adds only, no division, logarithm or exponential: the
+    derivatives in a follow the same recurrence (∂ρ_n/∂a = k_n). U_0 = 1/P(N = 0) can
+    exceed the floats (β = 0 and B in the hundreds), so after each block of 8 states
+    the sums are scaled down by `_RESCALE` once they pass it, and the constant terms
+    with them (the running scale s): every term is positive, so nothing cancels, and a
+    term lost below s's precision is negligible. One division per point at the end.
+    The pass is 7–13× faster than the recurrence on ratios it replaced (one division
+    a state; docs/benchmarks.md)."""
     dtype = jnp.result_type(load)
-    t = 1.0 - load / batch_rate(max_batch, slowdown)  # 1 − q
-    inv_b = 1.0 / max_batch
-    a_beta, a_rest = load * slowdown, load * (1.0 - slowdown)  # ρ_n = aβ + a(1 − β) / min(n, B)
-    busy = jnp.broadcast_to(max_batch, t.shape).astype(dtype)
-    queued = (size - max_batch) + (1.0 - t) / t
+    top = -(-size // _BLOCK) * _BLOCK
+    a, big = load, _RESCALE[jnp.dtype(dtype).itemsize]
+    B = jnp.asarray(max_batch, dtype)
+    k_full = slowdown + (1.0 - slowdown) / B  # 1/r(B)
+    q = a * k_full
+    u = 1.0 / (1.0 - q)  # U at n ≥ B, and its derivatives in a
+    du, d2u = k_full * u * u, 2.0 * k_full * k_full * u * u * u
+    extra = top - B  # G of (N − B)⁺ at n = top: (top − B) u + q u², and its derivatives
+    h, dh, d2h = extra * u + q * u * u, extra * du + k_full * (1.0 + q) * u ** 3, \
+        extra * d2u + k_full * k_full * (4.0 + 2.0 * q) * u ** 4
+    carry = (jnp.ones_like(u), (u, du, d2u), (B * u, B * du, B * d2u), (h, dh, d2h))
+    inv_b = 1.0 / B
 
-    def step(i, carry):
-        t, busy, queued = carry
-        n = jnp.asarray(size - i, dtype)  # the state whose ρ_n enters: t_{n−1} from t_n
-        rho = a_beta + a_rest * jnp.maximum(1.0 / n, inv_b)
-        t = t / (t + rho)
-        below = n - 1.0  # g at state n − 1
-        over = jnp.maximum(below - max_batch, 0.0)
-        busy = busy + t * ((below - over) - busy)
-        queued = queued + t * (over - queued)
-        return t, busy, queued
+    def block(carry, inv_n, below):  # the states n = `top` − 8i … `top` − 8i − 7: 1/n and n − 1
+        s, U, G, H = carry
+        for j in range(_BLOCK):
+            k = slowdown + (1.0 - slowdown) * jnp.maximum(inv_n[j], inv_b)  # k_n = 1/r(min(n, B))
+            rho = a * k
+            for_busy, for_queue = jnp.minimum(below[j], B), jnp.maximum(below[j] - B, 0.0)
+            U, G, H = ((s * g + rho * x, k * x + rho * dx, 2.0 * k * dx + rho * d2x)
+                       for g, (x, dx, d2x) in ((1.0, U), (for_busy, G), (for_queue, H)))
+        f = jnp.where(U[0] > big, 1.0 / big, 1.0)
+        return (s * f, *(tuple(x * f for x in sums) for sums in (U, G, H)))
 
-    _, busy, queued = lax.fori_loop(0, size, step, (t, busy, queued), unroll=_UNROLL)
-    return busy, queued
-
-
-_UNROLL = 8
+    n = np.arange(top, 0, -1, dtype=np.float64)
+    xs = np.concatenate([(1.0 / n).reshape(-1, _BLOCK), (n - 1.0).reshape(-1, _BLOCK)], axis=1)
+    carry, _ = lax.scan(lambda c, x: (block(c, x[:_BLOCK], x[_BLOCK:]), None), carry, jnp.asarray(xs, dtype))
+    _, (U, dU, d2U), *sums = carry
+    out = []
+    for X, dX, d2X in sums:  # E = X/U and its derivatives, by the quotient rule
+        e = X / U
+        de = (dX - e * dU) / U
+        out.append((e, de, (d2X - 2.0 * de * dU - e * d2U) / U))
+    (busy, d_busy, d2_busy), (queued, d_queued, d2_queued) = out
+    return (busy, queued), (d_busy, d_queued), (d2_busy, d2_queued)
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _chain_jet(load, max_batch, slowdown, size: int):
+    """:func:`_jet` with its derivative in a taken from its own next term: differentiating
+    the value gives the slope, and the slope the curvature, all from one pass."""
+    return _jet(load, max_batch, slowdown, size)
+
+
+def _chain_jet_jvp(size, primals, tangents):
+    load, max_batch, slowdown = primals
+    d_load, _, d_slowdown = tangents  # B has no derivative (an integer)
+    out = _chain_jet(load, max_batch, slowdown, size)  # this rule again for its own derivatives
+    tangent = jax.tree_util.tree_map(jnp.zeros_like, out)
+    if not isinstance(d_load, SymbolicZero):
+        # the third derivative, by autodiff of the recurrence; unused (and removed by the
+        # compiler) unless something differentiates the curvature
+        _, third = jax.jvp(lambda x: _jet(x, max_batch, slowdown, size)[2], (load,), (jnp.ones_like(load),))
+        tangent = jax.tree_util.tree_map(lambda d: d * d_load, (out[1], out[2], third))
+    if not isinstance(d_slowdown, SymbolicZero):
+        _, by_slowdown = jax.jvp(lambda b: _jet(load, max_batch, b, size), (slowdown,), (d_slowdown,))
+        tangent = jax.tree_util.tree_map(jnp.add, tangent, by_slowdown)
+    return out, tangent
+
+
+_chain_jet.defjvp(_chain_jet_jvp, symbolic_zeros=True)
+
+
 def chain_moments(load, max_batch, slowdown, size: int) -> tuple[Array, Array]:
     """(E[min(N, B)], E[(N − B)⁺]) of the birth–death chain in the module docstring.
 
     `load` = a = λE[S] < r(B); `size` (static) ≥ B is the number of states the
-    recurrence of :func:`_chain` runs over; the geometric tail beyond is exact.
-    Differentiable in `load` and `slowdown` (not in `max_batch`): the derivative
-    in a is taken forward through the recurrence and returned as a value, so
-    reverse mode (the delay prices) never runs backward through it."""
-    return _chain(load, max_batch, slowdown, size)
-
-
-def _chain_moments_jvp(size, primals, tangents):
-    load, max_batch, slowdown = primals
-    d_load, _, d_slowdown = tangents  # B has no derivative (an integer)
-    if isinstance(d_load, SymbolicZero):
-        out = _chain(load, max_batch, slowdown, size)
-        tangent = tuple(jnp.zeros_like(x) for x in out)
-    else:
-        out, d_out = jax.jvp(lambda x: _chain(x, max_batch, slowdown, size), (load,), (jnp.ones_like(load),))
-        tangent = tuple(d * d_load for d in d_out)
-    if not isinstance(d_slowdown, SymbolicZero):
-        _, by_slowdown = jax.jvp(lambda b: _chain(load, max_batch, b, size), (slowdown,), (d_slowdown,))
-        tangent = tuple(x + y for x, y in zip(tangent, by_slowdown))
-    return out, tangent
-
-
-chain_moments.defjvp(_chain_moments_jvp, symbolic_zeros=True)
+    recurrence of :func:`_jet` runs over; the geometric tail beyond is exact.
+    Differentiable in `load` and `slowdown` (not in `max_batch`), at any order. The
+    first and second derivatives in a (the delay prices and the Newton step) come from
+    the pass that gives the values (:func:`_chain_jet`): reverse mode never runs backward
+    through the recurrence. The third in a and every derivative in β differentiate the
+    recurrence itself."""
+    return _chain_jet(load, max_batch, slowdown, size)[0]
 
 
 class Batching(Server):
