@@ -120,13 +120,14 @@ def delay_prices(arrival_rate, m1, m2, server=None) -> tuple[Array, Array]:
     return (server or FIFO()).delay_prices(arrival_rate, m1, m2)
 
 
-def kkt_residual(problem: Problem, budgets: Float[Array, " N"]) -> Float[Array, ""]:
+def kkt_residual(problem: Problem, budgets: Float[Array, " N"], g=None) -> Float[Array, ""]:
     """Natural KKT residual ‖ℓ − P_[0,ℓmax](ℓ + ∇J(ℓ))‖∞ (objective units per token).
 
     Zero exactly at the optimum of (9): interior coordinates have ∂J/∂ℓ_k = 0,
     coordinates at 0 have ∂J/∂ℓ_k ≤ 0 and those at ℓ_max have ∂J/∂ℓ_k ≥ 0.
+    `g`: ∇J(ℓ) where the caller has it (default: computed here).
     """
-    g = gradient(problem, budgets)
+    g = gradient(problem, budgets) if g is None else g
     # P(ℓ + g) − ℓ written as a clip of g itself, so |g| below eps·ℓ is not rounded away
     return over_tasks(jnp.maximum, jnp.abs(jnp.clip(g, -budgets, problem.max_tokens - budgets)))
 

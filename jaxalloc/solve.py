@@ -109,33 +109,35 @@ def _run(problem: Problem, solver, start=None):
     return (*solver(problem, start), problem.server)
 
 
-def scaled_kkt_residual(problem: Problem, budgets) -> Array:
+def scaled_kkt_residual(problem: Problem, budgets, g=None) -> Array:
     """Per task, |P(ℓ + ∇J(ℓ)/h) − ℓ| in tokens, h = diag(−∇²J(ℓ)) > 0 (Lemma 1).
 
     The KKT residual of :func:`~jaxalloc.objective.kkt_residual` with each
     gradient component divided by its curvature: the move of one diagonal
     Newton (Jacobi) step, so it compares with a tolerance on budgets, in the
-    units of every solver's stopping test, whatever the scale of J.
+    units of every solver's stopping test, whatever the scale of J. `g`: ∇J(ℓ)
+    where the caller has it.
     """
-    g = gradient(problem, budgets)
+    g = gradient(problem, budgets) if g is None else g
     # |h|: where J is not concave (some servers) a diagonal entry can be negative
     h = jnp.maximum(jnp.abs(hessian_diagonal(problem, budgets)), jnp.finfo(budgets.dtype).tiny)
     return jnp.abs(jnp.clip(g / h, -budgets, problem.max_tokens - budgets))
 
 
-def stationary(problem: Problem, budgets) -> Array:
+def stationary(problem: Problem, budgets, g=None) -> Array:
     """The check behind a `converged` status: ‖:func:`scaled_kkt_residual`‖∞ ≤
     :func:`~jaxalloc.solvers.base.kkt_tolerance` × max(1, ‖ℓ‖∞) (1e-9 relative
     in float64, 2e-3 in float32), independent of the solver and its `tol`."""
-    return small_enough(scaled_kkt_residual(problem, budgets), budgets, kkt_tolerance(budgets.dtype))
+    return small_enough(scaled_kkt_residual(problem, budgets, g), budgets, kkt_tolerance(budgets.dtype))
 
 
 def _summarize(problem: Problem, budgets, steps, done, stable0, server=None) -> Solution:
     if server is not None:
         problem = problem.replace(server=server)
     value = objective(problem, budgets)
-    residual = kkt_residual(problem, budgets)
-    status = final_status(done, budgets, value, stable0, stationary(problem, budgets))
+    g = gradient(problem, budgets)  # once for both checks: a pass through the delay each
+    residual = kkt_residual(problem, budgets, g)
+    status = final_status(done, budgets, value, stable0, stationary(problem, budgets, g))
     return Solution(
         budgets=jnp.where(stable0, budgets, 0.0),
         objective=jnp.where(stable0, value, -jnp.inf),

@@ -72,6 +72,14 @@ class Server(eqx.Module):
         total = lambda a, b: jnp.sum(self.delay(lam, a, b))
         return jax.grad(total, argnums=(0, 1))(m1, m2)
 
+    def delay_curvature(self, lam, m1, m2) -> tuple[tuple[Array, Array], Array]:
+        """(prices, Q): :meth:`delay_prices` and their Jacobian Q = ∇²E[T] in (m1, m2), a 2×2
+        array, from one linearisation of the prices (one pass through the delay, where
+        `jax.hessian` beside the prices took two: the batching chain twice)."""
+        prices, slope = jax.linearize(lambda x, y: self.delay_prices(lam, x, y), m1, m2)
+        columns = [slope(*d) for d in ((jnp.ones_like(m1), jnp.zeros_like(m2)), (jnp.zeros_like(m1), jnp.ones_like(m2)))]
+        return prices, jnp.stack([jnp.stack([columns[0][i], columns[1][i]]) for i in (0, 1)])
+
     def stable(self, lam, m1) -> Array:
         """λ E[S] below :meth:`capacity` (eq. 4 for one server)."""
         return lam * m1 < self.capacity(lam)

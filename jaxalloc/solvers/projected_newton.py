@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..model import Problem
-from ..objective import delay_prices, gradient, hessian, mean_accuracy, moments, objective
+from ..objective import gradient, hessian, mean_accuracy, moments, objective
 from .base import resolve_tol, small_enough
 
 
@@ -46,8 +46,7 @@ def hessian_structure(problem: Problem, ell):
     ones = jnp.ones_like(ell)
     m1, m2 = moments(problem, ell)
     server = problem.server
-    prices = delay_prices(lam, m1, m2, server)
-    Q = jnp.stack([jnp.stack(row) for row in jax.hessian(server.delay, argnums=(1, 2))(lam, m1, m2)])
+    prices, Q = server.delay_curvature(lam, m1, m2)
     # separable curvature: accuracy (times α) and the moments' own second derivatives
     acc_curv = jax.jvp(jax.grad(lambda x: problem.alpha * mean_accuracy(problem, x)), (ell,), (ones,))[1]
     mom_curv = [jax.jvp(jax.grad(lambda x, i=i: moments(problem, x)[i]), (ell,), (ones,))[1] for i in (0, 1)]
