@@ -134,8 +134,8 @@ def stationary(problem: Problem, budgets, g=None) -> Array:
 def _summarize(problem: Problem, budgets, steps, done, stable0, server=None) -> Solution:
     if server is not None:
         problem = problem.replace(server=server)
-    value = objective(problem, budgets)
-    g = gradient(problem, budgets)  # once for both checks: a pass through the delay each
+    # J and ∇J in one pass through the delay (batching: −1.4 ms of 12 per 16384 points), ∇J shared by both checks
+    value, g = jax.value_and_grad(objective, argnums=1)(problem, budgets)
     residual = kkt_residual(problem, budgets, g)
     status = final_status(done, budgets, value, stable0, stationary(problem, budgets, g))
     return Solution(
@@ -190,8 +190,9 @@ def solve_batch(problem: Problem, fields: dict, solver=None, *, warm_start: int 
     :class:`AggregateNewton` runs as :func:`~jaxalloc.solvers.newton_batched.newton_batch`:
     the whole batch task-major with a hand-written Jacobian, the points still
     running compacted into ever smaller batches so that a batch does not cost
-    its slowest point's steps. The safeguard (:meth:`AggregateNewton.rescue`)
-    runs only where Newton failed, on those points alone when they are few
+    its slowest point's steps. Warm-started points where Newton failed start
+    again from ℓ = 0 (:func:`_cold_newton`); the safeguard (:meth:`AggregateNewton.rescue`)
+    runs only where it failed again; both on those points alone when they are few
     (:func:`safeguard`). Other solvers are vmapped as they are.
 
     **Returns:** a :class:`Solution` with a leading batch axis.
@@ -205,42 +206,63 @@ def solve_batch(problem: Problem, fields: dict, solver=None, *, warm_start: int 
         return jax.vmap(lambda f, *r: _summarize(at(**f), *r))(fields, budgets, steps, done, stable0, server)
 
     budgets, steps, done = newton_batch(problem, solve_fields, solver.tol, solver.max_steps, warm_start)
+    if warm_start > 1:
+        budgets, steps, done = safeguard(lambda *a: _cold_newton(problem, solver, *a), solve_fields, budgets,
+                                         steps, done)
     rescue = jax.vmap(lambda f, *o: solver.rescue(at(**f), *o))
     budgets, steps, done = safeguard(rescue, solve_fields, budgets, steps, done)
     return jax.vmap(lambda f, *r: _summarize(at(**f), *r))(fields, budgets, steps, done, stable0)
 
 
+def _cold_newton(problem: Problem, solver, fields: dict, budgets, steps, done):
+    """Newton from ℓ = 0 on the points not `done`: the warm-started points where it
+    failed. A start between two coarse solutions that are far apart misleads the
+    linear model: in C order, the last points of a grid row start between the
+    row's end and the next row's start (FIFO c = 4, 16384 points of a 128 × 128
+    (λ, α) grid: 258 such failures, all in the last stride of a row; 6 from ℓ = 0)."""
+    ell, more, ok = newton_batch(problem, fields, solver.tol, solver.max_steps)
+    return jnp.where(done[:, None], budgets, ell), steps + jnp.where(done, 0, more), done | ok
+
+
 RESCUE_SHARE = 32
 """:func:`safeguard` rescues at most 1/`RESCUE_SHARE` of a batch's points compacted."""
 
+RESCUE_FEW = 32
+""":func:`safeguard`'s smallest compacted batch: a handful of failures (the usual case
+where any fail) cost a rescue of this many lanes, not of B / :data:`RESCUE_SHARE` (batching
+server, B = 64, 27 failures in 16384 points: 31 ms at 512 lanes, 4 ms at 32, measured)."""
 
-def safeguard(rescue, fields: dict, budgets, steps, done, size: int | None = None):
+
+def safeguard(rescue, fields: dict, budgets, steps, done, size=None):
     """(budgets, steps, done) after `rescue` (the vmapped :meth:`AggregateNewton.rescue`
     on `fields`, budgets, steps, done; a no-op on points already done) of the points
-    where Newton failed: none, nothing runs; at most `size` (static; default
-    max(1, B // :data:`RESCUE_SHARE`)), only those, gathered into a batch of
-    `size`; more, the whole batch. A vmapped loop runs every lane until its
-    slowest is done, so one failing point would otherwise cost the safeguard's
-    steps for the whole batch (measured: 1 to 24 failures in chunks of 3456 points
-    at N = 6 on FIFO c = 4 and batching servers, each costing the whole chunk).
-    Each point's result is the same either way: lanes do not interact."""
+    where Newton failed: none, nothing runs; at most one of the `size` tiers (static
+    ints, ascending; default :data:`RESCUE_FEW` and max(1, B // :data:`RESCUE_SHARE`)),
+    only those, gathered into a batch of the smallest tier that holds them; more,
+    the whole batch. A vmapped loop runs every lane until its slowest is done, so
+    one failing point would otherwise cost the safeguard's steps for the whole
+    batch (measured: 1 to 24 failures in chunks of 3456 points at N = 6 on FIFO
+    c = 4 and batching servers, each costing the whole chunk). Each point's
+    result is the same either way: lanes do not interact."""
     n = done.shape[0]
-    size = max(1, n // RESCUE_SHARE) if size is None else int(size)
+    if size is None:
+        size = (RESCUE_FEW, max(1, n // RESCUE_SHARE))
+    tiers = sorted({int(x) for x in ((size,) if isinstance(size, int) else size) if int(x) < n})
     failed = jnp.sum(~done)
 
-    def compacted(f, b, s, d):
-        # padding: index n, out of range, gathers the last point (clipped) and is dropped on scatter
-        idx = jnp.nonzero(~d, size=size, fill_value=n)[0]
-        take = lambda x: jnp.take(x, idx, axis=0, mode="clip")
-        out = rescue(jax.tree_util.tree_map(take, f), take(b), take(s), take(d))
-        return tuple(x.at[idx].set(y, mode="drop") for x, y in zip((b, s, d), out))
+    def compacted(size):
+        def run(f, b, s, d):
+            # padding: index n, out of range, gathers the last point (clipped) and is dropped on scatter
+            idx = jnp.nonzero(~d, size=size, fill_value=n)[0]
+            take = lambda x: jnp.take(x, idx, axis=0, mode="clip")
+            out = rescue(jax.tree_util.tree_map(take, f), take(b), take(s), take(d))
+            return tuple(x.at[idx].set(y, mode="drop") for x, y in zip((b, s, d), out))
 
-    if size >= n:
-        branches = [lambda f, *o: o, rescue]
-        which = (failed > 0).astype(jnp.int32)
-    else:
-        branches = [lambda f, *o: o, compacted, rescue]
-        which = jnp.where(failed == 0, 0, jnp.where(failed <= size, 1, 2))
+        return run
+
+    branches = [lambda f, *o: o, *map(compacted, tiers), rescue]
+    # 0: none failed; i: tier i − 1 holds them; last: the whole batch
+    which = jnp.where(failed == 0, 0, 1 + sum((failed > t).astype(jnp.int32) for t in tiers))
     return lax.switch(which, branches, fields, budgets, steps, done)
 
 

@@ -39,24 +39,43 @@ def pollaczek_khinchine_system_time(lam, m1, m2) -> Array:
     return pollaczek_khinchine_wait(lam, m1, m2) + m1
 
 
-def erlang_c(servers, load, size: int) -> Array:
-    """C(c, a): the probability that an arrival waits in M/M/c (Erlang C), exact.
+UNROLLED = 32
+"""Static sizes up to this write the Erlang sums out (XLA fuses them, and their
+derivatives stay loop-free: sweeps of c = 4, see docs); larger ones loop."""
 
-    From the Erlang-B recursion B_k = a B_{k−1} / (k + a B_{k−1}), B_0 = 1,
-    run to the static `size` ≥ c (c may be traced), then
-    C = c B_c / (c − a (1 − B_c)). Requires a < c."""
+
+def erlang_terms(servers, load, size: int) -> tuple[Array, Array]:
+    """(P, E) with Erlang B = P / E for c = `servers` servers at offered load a = `load`.
+
+    Up to :data:`UNROLLED`, P = a^c/c! and E = Σ_{k≤c} a^k/k! by multiply-adds
+    (P_k = P_{k−1} · a · (1/k), a static constant), run to the static `size` ≥ c
+    (c may be traced): no division, so a price's second derivative costs a few
+    products per term where the Erlang-B recursion's quotients cost many (the
+    FIFO c = 4 linearisation of a Newton step: measured in docs/benchmarks.md).
+    Both are at most e^a, finite for a < 88 in float32. Larger sizes run the
+    Erlang-B recursion B_k = a B_{k−1} / (k + a B_{k−1}), B_0 = 1, stable for any
+    c, and return (B_c, 1)."""
+    one = jnp.ones_like(load * servers)
+    if size <= UNROLLED:
+        p, e = one, one
+        for k in range(1, size + 1):
+            more = k <= servers
+            p = jnp.where(more, p * load * (1.0 / k), p)
+            e = jnp.where(more, e + p, e)
+        return p, e
 
     def body(k, b):
-        nxt = load * b / (k + load * b)
-        return jnp.where(k <= servers, nxt, b)
+        return jnp.where(k <= servers, load * b / (k + load * b), b)
 
-    b = jnp.ones_like(load * servers)
-    if size <= 32:  # written out: XLA fuses it, and its derivatives stay loop-free (sweeps of c = 4: see docs)
-        for k in range(1, size + 1):
-            b = body(k, b)
-    else:
-        b = lax.fori_loop(1, size + 1, body, b)
-    return servers * b / (servers - load * (1.0 - b))
+    return lax.fori_loop(1, size + 1, body, one), one
+
+
+def erlang_c(servers, load, size: int) -> Array:
+    """C(c, a): the probability that an arrival waits in M/M/c (Erlang C), exact:
+    C = c B / (c − a (1 − B)) = c P / ((c − a) E + a P), with B = P / E from
+    :func:`erlang_terms`. Requires a < c."""
+    p, e = erlang_terms(servers, load, size)
+    return servers * p / ((servers - load) * e + load * p)
 
 
 def lee_longton_wait(servers, lam, m1, m2, size: int) -> Array:
@@ -67,7 +86,9 @@ def lee_longton_wait(servers, lam, m1, m2, size: int) -> Array:
     stable = slack > 0
     safe_slack = jnp.where(stable, slack, 1.0)
     safe_load = jnp.where(stable, load, 0.5 * servers)
-    wait = m2 * erlang_c(servers, safe_load, size) / (2.0 * m1 * safe_slack)
+    p, e = erlang_terms(servers, safe_load, size)
+    # C(c, a) / (c − a) with C from erlang_c, as one quotient
+    wait = m2 * servers * p / (2.0 * m1 * safe_slack * (safe_slack * e + safe_load * p))
     return jnp.where(stable, wait, jnp.inf)
 
 

@@ -274,12 +274,21 @@ def warm_start(k: _Batch, coarse, stride: int):
     return m1, jnp.maximum(jnp.where(ok, m[1], k.floor[1]), jnp.maximum(k.floor[1], m1 * m1))  # E[S²] ≥ E[S]²
 
 
+WARM_STEPS = 12
+"""A warm-started point stops after this many trial points (cold: `max_steps`):
+from a good start Newton takes 1–3, and one still running at 12 started badly
+(between coarse solutions far apart, e.g. across the end of a grid row) and is
+better started again from ℓ = 0 (:func:`jaxalloc.solve.solve_batch` does) than
+run to `max_steps` with the lanes of its compaction level."""
+
+
 def newton_batch(problem: Problem, fields: dict, tol=None, max_steps: int = 40, stride: int = 1):
     """Aggregate Newton on a batch of points.
 
     With `stride` > 1 (and the batch at least twice and a multiple of it),
     every `stride`-th point is solved first from ℓ = 0 and the others start
-    from :func:`warm_start` between them; their steps are counted from there.
+    from :func:`warm_start` between them, for at most min(`max_steps`,
+    :data:`WARM_STEPS`) trial points; their steps are counted from there.
     Each phase runs through :func:`_finish`.
 
     **Returns:** (ℓ (B, N), steps (B,), converged (B,)).
@@ -290,7 +299,7 @@ def newton_batch(problem: Problem, fields: dict, tol=None, max_steps: int = 40, 
     if stride > 1 and size % stride == 0 and size >= 2 * stride:
         kc = take(k, slice(0, None, stride))
         sc = _finish(kc, init(kc, tol), tol, max_steps)
-        s = _finish(k, init(k, tol, warm_start(k, sc.m, stride)), tol, max_steps)
+        s = _finish(k, init(k, tol, warm_start(k, sc.m, stride)), tol, min(max_steps, WARM_STEPS))
         s = s._replace(steps=s.steps.at[::stride].add(sc.steps))
     else:
         s = _finish(k, init(k, tol), tol, max_steps)
