@@ -86,9 +86,7 @@ def lee_longton_wait(servers, lam, m1, m2, size: int) -> Array:
     stable = slack > 0
     safe_slack = jnp.where(stable, slack, 1.0)
     safe_load = jnp.where(stable, load, 0.5 * servers)
-    p, e = erlang_terms(servers, safe_load, size)
-    # C(c, a) / (c − a) with C from erlang_c, as one quotient
-    wait = m2 * servers * p / (2.0 * m1 * safe_slack * (safe_slack * e + safe_load * p))
+    wait = m2 * erlang_c(servers, safe_load, size) / (2.0 * m1 * safe_slack)
     return jnp.where(stable, wait, jnp.inf)
 
 
