@@ -39,7 +39,7 @@ from jaxtyping import Array
 from ..kkt import LARGE_S, log_lambertw_large
 from ..lambertw import lambertw_and_log
 from ..model import Problem
-from ..objective import delay_prices, over_tasks
+from ..objective import over_tasks
 from ..servers import SWEEPABLE, Server
 from .base import resolve_tol
 from .newton import step_tol
@@ -116,9 +116,8 @@ def response(k: _Batch, m):
     """Budgets ℓ(m) (N, B), the moments they give F(m) (a pair of (B,) arrays)
     and ∂F/∂m (pairs of pairs, ∂F_i/∂m_j at [i][j]), for m a pair of (B,) arrays."""
     m1, m2 = m[0], m[1]
-    prices = lambda x, y: delay_prices(k.lam, x, y, k.server)
-    (T1, T2), slope = jax.linearize(prices, m1, m2)  # one pass through the delay for both directions
-    dT_dm1, dT_dm2 = slope(jnp.ones_like(m1), jnp.zeros_like(m2)), slope(jnp.zeros_like(m1), jnp.ones_like(m2))
+    (T1, T2), Q = k.server.delay_curvature(k.lam, m1, m2)  # Q[i][j] = ∂T_i/∂m_j, one pass through the delay
+    dT_dm1, dT_dm2 = (Q[0][0], Q[1][0]), (Q[0][1], Q[1][1])
     low = T2 < k.delta * T1  # T2 ≈ 0: floored at δ T1 (jaxalloc.kkt.price_floor)
     T2 = jnp.where(low, k.delta * T1, T2)
     dT_dm1, dT_dm2 = ((d[0], jnp.where(low, k.delta * d[0], d[1])) for d in (dT_dm1, dT_dm2))
