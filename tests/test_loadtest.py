@@ -242,14 +242,25 @@ def test_baseline_scales_the_predictions_by_the_host_speed(tokenizer_dir, eos):
     from jaxalloc.loadtest.predict import scale_times
 
     problem = two_tasks()  # t = 0.15 + 0.014 ℓ and 0.06 + 0.012 ℓ: slower than the stub (0.01 s a token)
-    with StubServer(eos=eos, delay=0.01) as stub:
-        result = ja.loadtest(problem, base_url=stub.url, tokenizer_dir=tokenizer_dir, rates=[2.0], requests=4,
-                             budgets=[20, 4], answer_tokens=8, baseline=2)
-        sent = len(stub.bodies)
+
+    def run():
+        with StubServer(eos=eos, delay=0.01) as stub:
+            result = ja.loadtest(problem, base_url=stub.url, tokenizer_dir=tokenizer_dir, rates=[2.0], requests=4,
+                                 budgets=[20, 4], answer_tokens=8, baseline=2)
+            return result, len(stub.bodies)
+
+    def plausible(b):  # 20 + 4 and 4 + 4 tokens at 10 ms (the stub's sleeps overshoot by a little)
+        m = b["measured_s"]
+        return 0.24 <= m["GSM8K"] <= 0.24 * 1.3 and 0.08 <= m["ARC-Challenge"] <= 0.08 * 1.3
+
+    result, sent = run()
+    if not plausible(result.summary[0]["baseline"]):
+        # wall-clock times of a sleeping stub: under the parallel suite on 2 cores one run read 2.65 s for
+        # 0.24 s of sleeps (the process starved while another worker compiled); once more, whose verdict stands
+        result, sent = run()
     b = result.summary[0]["baseline"]
     assert b["per_task"] == 2 and sent == 1 + 2 * 2 * 2 + 4 * 2  # the probe, the baseline, the load: 2 requests a query
-    # 20 + 4 and 4 + 4 tokens at 10 ms (the stub's sleeps overshoot by a little)
-    assert 0.24 <= b["measured_s"]["GSM8K"] <= 0.24 * 1.3 and 0.08 <= b["measured_s"]["ARC-Challenge"] <= 0.08 * 1.3
+    assert plausible(b), b["measured_s"]
     assert b["profile_s"] == pytest.approx({"GSM8K": 0.15 + 0.28, "ARC-Challenge": 0.06 + 0.048})
     pi = np.array([0.25, 0.75])
     m, t = np.array(list(b["measured_s"].values())), np.array(list(b["profile_s"].values()))
@@ -263,7 +274,8 @@ def test_baseline_scales_the_predictions_by_the_host_speed(tokenizer_dir, eos):
     text = format_summary(result)
     assert f"times × {b['time_scale']:.3f}" in text and "as calibrated" in text
     with pytest.raises(LoadtestError, match="--baseline = -1"):
-        ja.loadtest(problem, base_url=stub.url, tokenizer_dir=tokenizer_dir, rates=[2.0], requests=4, baseline=-1)
+        ja.loadtest(problem, base_url="http://127.0.0.1:9", tokenizer_dir=tokenizer_dir, rates=[2.0], requests=4,
+                    baseline=-1)
 
 
 # ------------------------------------------------------------------ the client
