@@ -198,16 +198,34 @@ def _one_replication(problem, budgets, key, service_cv, *, queries, warmup, chun
 )
 def _simulate_jit(problem, budgets, key, service_cv, *, replications, **static):
     rep_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(replications))
-    if getattr(core_for(problem.server), "replicated", False):  # the core steps all replications itself
+    core = core_for(problem.server)
+    one = lambda k: _one_replication(problem, budgets, k, service_cv, **static)
+    group = getattr(core, "replication_group", 0)
+    if getattr(core, "replicated", False):  # the core steps all replications itself
         run = partial(_one_replication, problem, budgets, service_cv=service_cv, **static)
+    elif group and replications > group:  # a core that holds whole streams: vmapped groups, one after another
+        run = partial(_in_groups, jax.vmap(one), group=group)
     else:
-        run = jax.vmap(lambda k: _one_replication(problem, budgets, k, service_cv, **static))
+        run = jax.vmap(one)
     counts, sum_t, sum_w, correct, busy, elapsed, times, kinds, hist, edges = run(rep_keys)
     edges = jnp.broadcast_to(edges, (replications,) + edges.shape[-1:])
     theory = _theory(problem, budgets, service_cv)
     t = service_times(problem, budgets)
     p = task_accuracy(problem, budgets)
     return (counts, sum_t, sum_w, correct, busy, elapsed, times, kinds, hist, edges[0]), theory, t, p
+
+
+def _in_groups(run, keys, *, group: int):
+    """`run` (vmapped over its leading axis) on `keys`, `group` of them at a time in a `lax.map`, the rest
+    after; outputs as one call on all keys would give. (`lax.map`'s own `batch_size` fails on the
+    zero-size outputs of a run that keeps no system times.)"""
+    n = keys.shape[0]
+    whole = n - n % group
+    out = jax.lax.map(run, keys[:whole].reshape((whole // group, group) + keys.shape[1:]))
+    out = jax.tree_util.tree_map(lambda x: x.reshape((whole,) + x.shape[2:]), out)
+    if whole == n:
+        return out
+    return jax.tree_util.tree_map(lambda x, y: jnp.concatenate([x, y]), out, run(keys[whole:]))
 
 
 def _check_int(name: str, value, lo: int) -> int:
@@ -292,7 +310,8 @@ def simulate(
     - `problem`: a concrete :class:`Problem` (one operating point); its
       server picks the discrete-event core (:mod:`jaxalloc.simulation`).
       The priority core holds each replication's stream whole (memory
-      O(replications × queries)); the others O(replications × chunk).
+      O(min(replications, 128) × queries), 128 replications at a time);
+      the others O(replications × chunk).
     - `budgets`: ℓ, shape (N,), in [0, ℓ_max] (need not be integers).
     - `queries`: queries per replication, warm-up included.
     - `replications`: independent replications (vmapped).

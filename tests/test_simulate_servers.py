@@ -116,6 +116,25 @@ def test_cobham_is_exact():
     assert waits[1] < waits[2] < waits[0]
 
 
+def test_priority_replications_in_groups_are_the_same_replications(monkeypatch):
+    """More replications than the priority core's group run a group at a time (the rest after):
+    every replication's statistics and stored system times equal those of one vmapped call."""
+    from jaxalloc.simulation.priority import priority_core
+
+    problem = three_types(make_server("priority", NAMES, order=["long", "short", "medium"]), lam=1.0)
+    ell = np.array([3.0, 0.0, 7.0])
+    runs = {}
+    for group in (4, 0):  # 11 = 2 groups of 4 and 3 more; 0: all at once
+        monkeypatch.setattr(priority_core, "replication_group", group, raising=False)
+        jax.clear_caches()
+        runs[group] = ja.simulate(problem, ell, queries=768, replications=11, seed=3, store_limit=10**6)
+    for field in ("counts", "sum_system_time", "sum_wait", "correct", "system_times", "types", "histogram"):
+        assert np.array_equal(np.asarray(getattr(runs[4], field)), np.asarray(getattr(runs[0], field))), field
+    for field in ("busy_time", "elapsed"):  # plain sums, whose order XLA picks by the batch's shape
+        np.testing.assert_allclose(getattr(runs[4], field), getattr(runs[0], field), rtol=1e-13, err_msg=field)
+    assert np.asarray(runs[4].system_times).shape[0] == 11
+
+
 @pytest.mark.slow
 def test_processor_sharing_is_exact():
     """β = 1, B never binding: M/G/1-PS, E[T | t] = t/(1 − ρ), overall and per type, 10^6 queries."""

@@ -118,3 +118,8 @@ def priority_core(server, streams, *, nchunks, store):
     if store:
         out = (out[0][None], out[1][None])
     return _finish(stats, out, streams, store)
+
+
+priority_core.replication_group = 128
+"""Replications vmapped together (see :mod:`jaxalloc.simulation`): the core holds each one's stream
+whole, so 1000 × 10^4 queries at once ran at 4.7e6 queries/s against 7.3e6 for 100 × 10^4 (2-core VM)."""
