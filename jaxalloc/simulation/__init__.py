@@ -15,7 +15,7 @@ per replication, it reads chunks with ``streams.every(c)`` and returns Raw
 fields with a leading axis R.
 A core that holds each replication's stream whole (priority) may set
 ``replication_group = G``: more than G replications then run G at a time
-(``lax.map`` with ``batch_size``), so that memory and cache hold G streams,
+(a ``lax.map`` over vmapped groups, :func:`jaxalloc.simulate._in_groups`), so that memory and cache hold G streams,
 not all of them; each replication's result is the same either way.
 A new server kind registers its core in :data:`CORES` (and its theory's name
 in :data:`THEORY_NAMES`); nothing else dispatches on the kind.
